@@ -1,0 +1,145 @@
+"""Config → run table: every ablation (named overrides and grid cells) with the cache key of each stage.
+
+A stage's key is a short hash of the config sections it and its upstream stages read, so two
+ablations that differ only in `quant` share docs, tokenizer, shards and trained models, and a change
+to `eval` re-keys only eval. Snakemake's wildcards are these keys; `RunTable.params` maps a key back
+to the parameters the stage's script receives.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+# Which config sections each stage depends on, its own last. Order matters only for readability.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "docs": ("docs",),
+    "tokenizer": ("docs", "tokenizer"),
+    "shards": ("docs", "tokenizer", "shards"),
+    "train": ("docs", "tokenizer", "shards", "train"),
+    "quant": ("docs", "tokenizer", "shards", "train", "quant"),
+    "compress": ("docs", "tokenizer", "shards", "train", "quant", "compress"),
+    "eval": ("docs", "tokenizer", "shards", "train", "quant", "compress", "eval"),
+    # the unquantized EMA model scored with the same eval settings: the quantization gap
+    "prequant": ("docs", "tokenizer", "shards", "train", "eval"),
+}
+KEY_HEX_CHARS = 10
+
+
+def stage_key(cfg: dict, stage: str) -> str:
+    """Short sha256 of the canonical JSON of the sections `stage` depends on."""
+    slice_ = {section: cfg[section] for section in STAGE_SECTIONS[stage]}
+    canonical = json.dumps(slice_, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_HEX_CHARS]
+
+
+def apply_overrides(base: dict, overrides: dict, ablation: str) -> dict:
+    """Return a copy of `base` with dotted overrides (`train.mlp_mult: 3`) applied; unknown keys fail."""
+    cfg = copy.deepcopy(base)
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in STAGE_SECTIONS["eval"] or not key:
+            raise ValueError(f"ablation {ablation!r}: override key {dotted!r} must be <section>.<key> "
+                             f"with section one of {list(STAGE_SECTIONS['eval'])}")
+        if key not in cfg[section]:
+            raise ValueError(f"ablation {ablation!r}: unknown key {dotted!r} "
+                             f"(known: {', '.join(sorted(cfg[section]))})")
+        cfg[section][key] = value
+    return cfg
+
+
+def expand_ablations(cfg: dict) -> dict[str, dict]:
+    """Named ablations plus one per grid cell, e.g. grid `wide` → `wide__model_dim=96__bits=5`."""
+    ablations = {name: dict(overrides or {}) for name, overrides in cfg["ablations"].items()}
+    for grid_name, axes in (cfg.get("grids") or {}).items():
+        keys = list(axes)
+        for values in itertools.product(*(axes[k] for k in keys)):
+            cell = "__".join(f"{k.partition('.')[2]}={v}" for k, v in zip(keys, values))
+            name = f"{grid_name}__{cell}"
+            if name in ablations:
+                raise ValueError(f"grid {grid_name!r}: ablation name {name!r} is already taken")
+            ablations[name] = dict(zip(keys, values))
+    return ablations
+
+
+@dataclass
+class Ablation:
+    name: str
+    cfg: dict
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+class RunTable:
+    """All ablations of a config, their resolved configs and stage keys, and key → params lookups."""
+
+    def __init__(self, cfg: dict, schema: dict | None = None):
+        self.seeds: list[int] = list(cfg["seeds"])
+        self.baseline: str = cfg["baseline"]
+        self.ablations: dict[str, Ablation] = {}
+        self._by_key: dict[str, dict[str, Ablation]] = {stage: {} for stage in STAGE_SECTIONS}
+        for name, overrides in expand_ablations(cfg).items():
+            resolved = apply_overrides(cfg, overrides, name)
+            if schema is not None:
+                validate_config(resolved, schema, where=f"ablation {name!r}")
+            check_consistency(resolved, where=f"ablation {name!r}")
+            ablation = Ablation(name, resolved, {s: stage_key(resolved, s) for s in STAGE_SECTIONS})
+            self.ablations[name] = ablation
+            for stage, key in ablation.keys.items():
+                self._by_key[stage].setdefault(key, ablation)
+        if self.baseline not in self.ablations:
+            raise ValueError(f"config key 'baseline': {self.baseline!r} is not an ablation "
+                             f"(have: {', '.join(self.ablations)})")
+
+    def ablation_for(self, stage: str, key: str) -> Ablation:
+        try:
+            return self._by_key[stage][key]
+        except KeyError:
+            raise KeyError(f"no ablation has {stage} key {key!r}; is results/ from another config?") from None
+
+    def params(self, stage: str, key: str) -> dict:
+        """The config section a stage's script reads (its own section, overrides applied)."""
+        section = STAGE_SECTIONS[stage][-1]
+        return self.ablation_for(stage, key).cfg[section]
+
+    def upstream_key(self, stage: str, key: str, upstream: str) -> str:
+        return self.ablation_for(stage, key).keys[upstream]
+
+    def keys_of(self, stage: str) -> list[str]:
+        return list(self._by_key[stage])
+
+
+def load_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate_config(cfg: dict, schema: dict, where: str = "config") -> None:
+    """jsonschema validation with an error that names the offending key path."""
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ValueError(f"{where}: key {key!r}: {err.message}")
+
+
+def check_consistency(cfg: dict, where: str = "config") -> None:
+    """Cross-key rules a JSON schema cannot express; each error names the keys involved."""
+    docs, train = cfg["docs"], cfg["train"]
+    rules = [
+        (docs["num_val_docs"] < docs["num_docs"], "docs.num_val_docs must be below docs.num_docs"),
+        (train["model_dim"] % train["num_heads"] == 0, "train.model_dim must be divisible by train.num_heads"),
+        (train["num_heads"] % train["num_kv_heads"] == 0,
+         "train.num_heads must be divisible by train.num_kv_heads"),
+        ((train["model_dim"] // train["num_heads"]) % 2 == 0, "train.model_dim / train.num_heads must be even (RoPE)"),
+        (train["batch_tokens"] % (train["seq_len"] * train["nproc"]) == 0,
+         "train.batch_tokens must be a multiple of train.seq_len * train.nproc"),
+        (cfg["eval"]["stride"] <= cfg["eval"]["seq_len"], "eval.stride must not exceed eval.seq_len"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(f"{where}: {message}")
