@@ -1,0 +1,145 @@
+"""Aggregate every seed's train/artifact/eval JSON into one row per ablation (README: Summary columns)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from pgolf import ARTIFACT_LIMIT_BYTES
+from pgolf.config import STAGE_SECTIONS
+from pgolf.io import atomic_path, read_json
+from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
+
+
+def load_seed_table(rows: list[dict]) -> pd.DataFrame:
+    """One record per (ablation, seed) with the numbers the summary needs, read from the JSON files."""
+    records = []
+    for row in rows:
+        train, artifact = read_json(row["train"]), read_json(row["artifact"])
+        scored, prequant = read_json(row["eval"]), read_json(row["prequant"])
+        on_gpu = str(train.get("device", "cpu")).startswith("cuda")
+        gpu_seconds = train["train_seconds"] * train["world_size"] + scored["eval_seconds"] if on_gpu else 0.0
+        records.append({
+            "ablation": row["ablation"],
+            "seed": row["seed"],
+            "val_bpb": scored["val_bpb"],
+            "val_loss": scored["val_loss"],
+            "pre_quant_bpb": prequant["val_bpb"],
+            "artifact_bytes": artifact["total_bytes"],
+            "model_bytes": artifact["model_bytes"],
+            "code_bytes": artifact["code_bytes"],
+            "steps": train["steps"],
+            "step_ms": train["step_ms"],
+            "tokens_per_second": train["tokens_per_second"],
+            "train_seconds": train["train_seconds"],
+            "eval_seconds": scored["eval_seconds"],
+            "world_size": train["world_size"],
+            "device": train["device"],
+            "gpu_hours": gpu_seconds / 3600.0,
+            **{f"key_{stage}": key for stage, key in row["keys"].items()},
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
+    out = {
+        f"delta_bpb_vs_{prefix}": mine_bpb.mean - ref_bpb.mean,
+        f"p_welch_vs_{prefix}": p_less(mine_bpb, ref_bpb),
+    }
+    if ref_loss is None:
+        out.update({f"delta_nats_vs_{prefix}": math.nan, f"p_strict_vs_{prefix}": math.nan})
+        if prefix == "baseline":
+            out["seeds_needed_strict"] = math.nan
+        return out
+    out[f"delta_nats_vs_{prefix}"] = mine_loss.mean - ref_loss.mean
+    out[f"p_strict_vs_{prefix}"] = p_less(mine_loss, ref_loss, STRICT_MARGIN_NATS)
+    if prefix == "baseline":
+        out["seeds_needed_strict"] = seeds_needed(mine_loss, ref_loss)
+    return out
+
+
+def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float) -> pd.DataFrame:
+    """Per-ablation statistics and tests against the baseline ablation and the external reference."""
+    if baseline not in set(seeds["ablation"]):
+        raise ValueError(f"baseline ablation {baseline!r} has no results")
+    groups = {name: group for name, group in seeds.groupby("ablation", sort=False)}
+    base_bpb, base_loss = Sample.of(groups[baseline]["val_bpb"]), Sample.of(groups[baseline]["val_loss"])
+    ref_bpb = ref_loss = None
+    if reference:
+        ref_bpb = Sample(**reference["val_bpb"])
+        ref_loss = Sample(**reference["val_loss"]) if reference.get("val_loss") else None
+
+    rows = []
+    for name, g in groups.items():
+        bpb, loss = Sample.of(g["val_bpb"]), Sample.of(g["val_loss"])
+        low, high = ci95(bpb)
+        gpu_hours = float(g["gpu_hours"].sum())
+        row = {
+            "ablation": name,
+            "n_seeds": bpb.n,
+            "seeds": ",".join(str(s) for s in g["seed"]),
+            "val_bpb_mean": bpb.mean,
+            "val_bpb_std": bpb.std,
+            "val_bpb_ci95_low": low,
+            "val_bpb_ci95_high": high,
+            "val_loss_mean": loss.mean,
+            "val_loss_std": loss.std,
+            "pre_quant_bpb_mean": float(g["pre_quant_bpb"].mean()),
+            "quant_gap_bpb": bpb.mean - float(g["pre_quant_bpb"].mean()),
+            "artifact_bytes_max": int(g["artifact_bytes"].max()),
+            "model_bytes_max": int(g["model_bytes"].max()),
+            "code_bytes": int(g["code_bytes"].max()),
+            "fits_16mb": bool((g["artifact_bytes"] <= ARTIFACT_LIMIT_BYTES).all()),
+            "steps_mean": float(g["steps"].mean()),
+            "step_ms_mean": float(g["step_ms"].mean()),
+            "tokens_per_second_mean": float(g["tokens_per_second"].mean()),
+            "train_seconds_mean": float(g["train_seconds"].mean()),
+            "eval_seconds_mean": float(g["eval_seconds"].mean()),
+            "world_size": int(g["world_size"].max()),
+            "device": ",".join(sorted(set(g["device"]))),
+            "gpu_hours": gpu_hours,
+            "cost_usd": gpu_hours * usd_per_gpu_hour,
+        }
+        row.update(_versus("baseline", bpb, loss, base_bpb, base_loss))
+        row["significant_strict_vs_baseline"] = bool(row["p_strict_vs_baseline"] < STRICT_ALPHA)
+        row["significant_practised_vs_baseline"] = bool(row["p_welch_vs_baseline"] < PRACTISED_ALPHA)
+        if ref_bpb is not None:
+            row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
+        row["flags"] = ";".join(_flags(row))
+        row.update({f"key_{stage}": g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS})
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+def _flags(row: dict) -> list[str]:
+    """Reasons not to rank a row at face value."""
+    flags = []
+    if not row["fits_16mb"]:
+        flags.append("over_16mb")
+    if row["n_seeds"] < 3:
+        flags.append("fewer_than_3_seeds")
+    return flags
+
+
+def write_summary(rows: list[dict], baseline: str, reference: dict | None, usd_per_gpu_hour: float,
+                  out_tsv, out_parquet, out_index) -> pd.DataFrame:
+    seeds = load_seed_table(rows)
+    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour)
+    index = pd.DataFrame.from_records(
+        [{"ablation": r["ablation"], "seed": r["seed"], **{f"key_{s}": k for s, k in r["keys"].items()},
+          "eval_json": r["eval"], "train_json": r["train"], "artifact_json": r["artifact"]} for r in rows])
+    for frame, path, writer in ((summary, out_tsv, "tsv"), (summary, out_parquet, "parquet"), (index, out_index, "tsv")):
+        with atomic_path(path) as tmp:
+            if writer == "tsv":
+                frame.to_csv(tmp, sep="\t", index=False, float_format="%.8g")
+            else:
+                frame.to_parquet(tmp, index=False)
+    return summary
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The handful of columns a person reads first, for the log and the terminal."""
+    cols = ["ablation", "n_seeds", "val_bpb_mean", "val_bpb_std", "pre_quant_bpb_mean", "artifact_bytes_max",
+            "fits_16mb", "delta_bpb_vs_baseline", "p_welch_vs_baseline", "p_strict_vs_baseline", "flags"]
+    return summary[cols].to_string(index=False, float_format=lambda x: f"{x:.5g}")
+

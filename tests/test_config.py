@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from pgolf.config import RunTable, apply_overrides, expand_ablations, load_schema, stage_key
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = ROOT / "config" / "schema.yaml"
+
+
+@pytest.fixture
+def cfg():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate(cfg, str(SCHEMA_PATH))
+    return cfg
+
+
+def test_embedded_default_has_baseline_quant_only_and_model_ablations(cfg):
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    base = table.ablations["baseline"].keys
+    quant_only = table.ablations["quant_int5"].keys
+    model = table.ablations["mlp3"].keys
+    assert quant_only["train"] == base["train"] and quant_only["quant"] != base["quant"]
+    assert model["shards"] == base["shards"] and model["train"] != base["train"]
+    assert len(cfg["seeds"]) == 3
+
+
+def test_keys_change_only_downstream_of_the_changed_section(cfg):
+    changed = apply_overrides(cfg, {"eval.stride": 32}, "x")
+    same = ["docs", "tokenizer", "shards", "train", "quant", "compress"]
+    assert all(stage_key(changed, s) == stage_key(cfg, s) for s in same)
+    assert stage_key(changed, "eval") != stage_key(cfg, "eval")
+    assert stage_key(changed, "prequant") != stage_key(cfg, "prequant")
+
+
+def test_unknown_override_key_is_named(cfg):
+    with pytest.raises(ValueError, match=r"ablation 'bad': unknown key 'train.mlp_mutl'"):
+        apply_overrides(cfg, {"train.mlp_mutl": 3}, "bad")
+
+
+def test_override_value_of_wrong_type_names_the_key(cfg):
+    cfg["ablations"]["bad"] = {"quant.bits": "six"}
+    with pytest.raises(ValueError, match=r"ablation 'bad': key 'quant.bits'"):
+        RunTable(cfg, load_schema(SCHEMA_PATH))
+
+
+def test_inconsistent_values_are_named(cfg):
+    cfg["ablations"]["bad"] = {"train.num_kv_heads": 3}
+    with pytest.raises(ValueError, match=r"train.num_heads must be divisible by train.num_kv_heads"):
+        RunTable(cfg, load_schema(SCHEMA_PATH))
+
+
+def test_grids_expand_into_named_cells(cfg):
+    cfg["grids"] = {"g": {"train.mlp_mult": [2, 3], "quant.bits": [5, 6]}}
+    names = expand_ablations(cfg)
+    assert "g__mlp_mult=3__bits=5" in names and len(names) == len(cfg["ablations"]) + 4
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    # grid cells that match the baseline's training share its trained model
+    assert table.ablations["g__mlp_mult=2__bits=5"].keys["train"] == table.ablations["baseline"].keys["train"]
+
+
+def test_missing_baseline_is_named(cfg):
+    cfg["baseline"] = "nope"
+    with pytest.raises(ValueError, match="config key 'baseline'"):
+        RunTable(cfg)
+
+
+def test_params_lookup_by_key(cfg):
+    table = RunTable(cfg)
+    key = table.ablations["quant_int5"].keys["quant"]
+    assert table.params("quant", key)["bits"] == 5
+    with pytest.raises(KeyError, match="no ablation has quant key"):
+        table.params("quant", "0000000000")

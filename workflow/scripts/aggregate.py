@@ -1,0 +1,13 @@
+"""Snakemake entry point: per-ablation summary with significance tests (pgolf.aggregate)."""
+import logging
+
+from pgolf.aggregate import format_table, write_summary
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
+summary = write_summary(
+    snakemake.params.rows, snakemake.params.baseline, snakemake.params.reference,
+    snakemake.params.usd_per_gpu_hour, snakemake.output.tsv, snakemake.output.parquet, snakemake.output.index,
+)
+table = format_table(summary)
+logging.info("summary:\n%s", table)
+print(table)
