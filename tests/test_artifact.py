@@ -1,0 +1,174 @@
+"""The artifact is what gets scored: it must round-trip bit-exactly, fail loudly when damaged,
+and report sizes measured from the files on disk."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pgolf import artifact
+from pgolf.artifact import (compress, compress_artifact, decompress, dequantized_state_dict, deserialize,
+                            load_model_from_artifact, module_sources, pack_code, serialize)
+from pgolf.gptq import quantize_state_dict
+from pgolf.model import build_model
+
+MODEL_CONFIG = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+                "mlp_mult": 2, "rope_base": 10000.0, "logit_softcap": 30.0, "seq_len": 16}
+QCFG = {"method": "rtn", "bits": 6, "embed_bits": 8, "clip_sigmas": 12.85, "embed_clip_sigmas": 20.0,
+        "block_size": 16, "damp": 0.01, "passthrough_max_numel": 0, "act_order": True}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model(MODEL_CONFIG)
+    with torch.no_grad():  # the output projections start at zero; give every matrix real values
+        for p in m.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def quantized(model):
+    return quantize_state_dict(model.state_dict(), {}, QCFG)["tensors"]
+
+
+def assert_same(a: dict, b: dict):
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name]["kind"] == b[name]["kind"], name
+        if a[name]["kind"] == "quant":
+            assert a[name]["bits"] == b[name]["bits"]
+            assert a[name]["q"].dtype == b[name]["q"].dtype == torch.int8
+            assert torch.equal(a[name]["q"], b[name]["q"]) and torch.equal(a[name]["scale"], b[name]["scale"])
+        else:
+            assert b[name]["tensor"].dtype == torch.float16 and torch.equal(a[name]["tensor"], b[name]["tensor"])
+
+
+@pytest.mark.parametrize("codec", ["brotli", "lzma", "zstd"])
+def test_round_trip_is_bit_exact(quantized, codec):
+    data = serialize(quantized, MODEL_CONFIG)
+    blob = compress(data, codec, None)
+    assert len(blob) < len(data)
+    assert decompress(blob) == data
+    back, cfg = deserialize(decompress(blob))
+    assert cfg == MODEL_CONFIG
+    assert_same(quantized, back)
+    assert serialize(back, cfg) == data  # deterministic: same tensors, same bytes
+
+
+def test_damaged_blobs_fail_clearly(quantized):
+    data = serialize(quantized, MODEL_CONFIG)
+    for codec in artifact.CODECS:
+        blob = compress(data, codec, None)
+        with pytest.raises(ValueError, match=f"{codec} blob is corrupt or truncated|payload"):
+            deserialize(decompress(blob[: len(blob) // 2]))
+    with pytest.raises(ValueError, match="unknown codec tag"):
+        decompress(b"GZIP" + data)
+    with pytest.raises(ValueError, match="payload is"):
+        deserialize(data[:-10])
+    with pytest.raises(ValueError, match="CRC32"):
+        flipped = bytearray(data)
+        flipped[-100] ^= 0x55
+        deserialize(bytes(flipped))
+    with pytest.raises(ValueError, match="magic"):
+        deserialize(b"NOTPGOLF" + data[8:])
+    with pytest.raises(ValueError, match="truncated"):
+        deserialize(data[:5])
+    with pytest.raises(ValueError, match="out of range for lzma"):
+        compress(data, "lzma", 11)
+
+
+def test_artifact_json_matches_files_and_fits_flips(quantized, tmp_path, monkeypatch):
+    quant_bin = tmp_path / "quant.bin"
+    quant_bin.write_bytes(serialize(quantized, MODEL_CONFIG))
+    paths = [tmp_path / "model.blob", tmp_path / "code.py", tmp_path / "artifact.json"]
+    s = compress_artifact(quant_bin, {"codec": "brotli", "level": 11}, *paths)
+    on_disk = json.loads(paths[2].read_text())
+    assert on_disk == s
+    assert s["model_bytes"] == os.path.getsize(paths[0]) and s["code_bytes"] == os.path.getsize(paths[1])
+    assert s["total_bytes"] == s["model_bytes"] + s["code_bytes"]
+    assert s["limit_bytes"] == 16_000_000 and s["fits"] and s["level"] == 11
+    assert sorted(os.listdir(tmp_path)) == ["artifact.json", "code.py", "model.blob", "quant.bin"]  # no temps
+    # The limit is inclusive: exactly at it fits, one byte over does not.
+    for limit, fits in [(s["total_bytes"], True), (s["total_bytes"] - 1, False)]:
+        monkeypatch.setattr(artifact, "ARTIFACT_LIMIT_BYTES", limit)
+        assert compress_artifact(quant_bin, {"codec": "brotli", "level": 11}, *paths)["fits"] is fits
+    # A damaged quant.bin leaves no artifact behind.
+    quant_bin.write_bytes(quant_bin.read_bytes()[:-1])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        compress_artifact(quant_bin, {"codec": "zstd", "level": None}, out / "b", out / "c", out / "j")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_load_model_from_artifact(model, tmp_path):
+    # Fine 8-bit codes, so the logits comparison below checks the wiring, not the quantizer.
+    fine = {**QCFG, "bits": 8, "clip_sigmas": 4.0, "embed_clip_sigmas": 4.0}
+    quantized = quantize_state_dict(model.state_dict(), {}, fine)["tensors"]
+    blob = tmp_path / "model.blob"
+    blob.write_bytes(compress(serialize(quantized, MODEL_CONFIG), "zstd", 3))
+    loaded, cfg = load_model_from_artifact(blob)
+    assert cfg == MODEL_CONFIG
+    expected = dequantized_state_dict(quantized)
+    for name, t in loaded.state_dict().items():
+        assert t.dtype == torch.float32 and torch.equal(t, expected[name]), name
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, got = model(ids), loaded(ids)
+    assert 0 < (ref - got).abs().max() < 0.05 * ref.abs().max()  # quantized: close, not equal
+
+
+def run_packed(code: str, tmp_path, snippet: str, *args):
+    """Run `snippet` after exec'ing the packed file, in a fresh interpreter that cannot see the checkout."""
+    packed = tmp_path / "code.py"
+    packed.write_text(code)
+    prog = f"exec(open({str(packed)!r}).read())\n" + textwrap.dedent(snippet)
+    cmd = [sys.executable, "-I", "-c", prog] if snippet else [sys.executable, "-I", str(packed), *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_packed_code_provides_the_real_modules(tmp_path):
+    sources = module_sources()
+    assert {"pgolf", "pgolf.gptq", "pgolf.artifact", "pgolf.model"} <= set(sources)
+    snippet = f"""
+        import importlib, json, sys
+        sources = json.loads({json.dumps(json.dumps(sources))})
+        for name, src in sources.items():
+            mod = importlib.import_module(name)
+            assert mod.__spec__.origin == "packed:" + name, (name, mod.__spec__.origin)
+            assert mod.__loader__.get_source(name) == src, name
+        import torch
+        from pgolf.gptq import quantize_rtn
+        q, s = quantize_rtn(torch.ones(2, 4), 6, 3.0)
+        print("ok", len(sources))
+    """
+    result = run_packed(pack_code(), tmp_path, snippet)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", str(len(sources))]
+
+
+def test_packed_code_is_the_import_closure_and_runs_as_script(tmp_path):
+    # A fake package: the pack holds the entry module and what it imports (in any order), nothing else,
+    # and `python code.py <module> args` runs that module as __main__.
+    root = tmp_path / "src"
+    (root / "pgolf").mkdir(parents=True)
+    (root / "pgolf" / "__init__.py").write_text("GREETING = 'hello'\n")
+    (root / "pgolf" / "a.py").write_text("from pgolf.b import twice\nVALUE = twice(21)\n")
+    (root / "pgolf" / "b.py").write_text("def twice(x):\n    return 2 * x\n")
+    (root / "pgolf" / "unused.py").write_text("raise RuntimeError('never packed')\n")
+    (root / "pgolf" / "main.py").write_text(
+        "import sys\nfrom pgolf import GREETING\n"
+        "def late():\n    import pgolf.a\n    return pgolf.a.VALUE\n"
+        "if __name__ == '__main__':\n    print(GREETING, late(), sys.argv[1:])\n")
+    assert list(module_sources(("pgolf.main",), root)) == ["pgolf", "pgolf.a", "pgolf.b", "pgolf.main"]
+    code = pack_code(("pgolf.main",), root)
+    result = run_packed(code, tmp_path, "", "pgolf.main", "--x", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello 42 ['--x', '1']"
+    # A module left out of the pack must not leak in from an installed checkout.
+    result = run_packed(code, tmp_path, "import pgolf.unused")
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
