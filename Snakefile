@@ -18,6 +18,16 @@ validate(config, "config/schema.yaml")
 RUNS = RunTable(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
 
+# CPU-only stages run where the user is, whatever executor a profile picks for the GPU stages.
+localrules:
+    all,
+    docs,
+    tokenizer,
+    shards,
+    compress,
+    aggregate,
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"

@@ -1,0 +1,45 @@
+"""Post-flight: compare one seed's train.json / artifact.json with the config's expectations and
+return flags, so aggregate can mark a run (a `flags` column) instead of silently ranking it.
+
+Proposed config section (all keys optional; absent or null means "not checked"):
+
+    expect:
+      step_ms_max: 45.0          # slower steps than this: wrong GPUs, throttling, a slow node
+      min_steps: 13000           # fewer optimizer steps than this within the time budget
+      world_size: 8              # torchrun ranks the run must have used
+      train_seconds_max: 600     # the challenge's training wall-clock budget
+      artifact_bytes_max: 16000000
+"""
+
+from typing import Mapping, Optional
+
+from pgolf.io import read_json
+
+LIMIT_BYTES = 16_000_000
+
+
+def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]) -> list:
+    """Flag strings like 'slow_steps: step_ms 52.10 > 45.00'; empty when everything is as expected."""
+    expect = dict(expect or {})
+    out = []
+    step_ms_max = expect.get("step_ms_max")
+    if step_ms_max is not None and train.get("step_ms") is not None and train["step_ms"] > step_ms_max:
+        out.append(f"slow_steps: step_ms {train['step_ms']:.2f} > {step_ms_max:.2f}")
+    min_steps = expect.get("min_steps")
+    if min_steps is not None and train.get("steps", 0) < min_steps:
+        out.append(f"few_steps: {train.get('steps', 0)} < {min_steps}")
+    world_size = expect.get("world_size")
+    if world_size is not None and train.get("world_size") != world_size:
+        out.append(f"world_size: {train.get('world_size')} != {world_size}")
+    seconds_max = expect.get("train_seconds_max")
+    if seconds_max is not None and train.get("train_seconds", 0) > seconds_max:
+        out.append(f"over_time: train_seconds {train['train_seconds']:.1f} > {seconds_max}")
+    if artifact is not None:
+        limit = expect.get("artifact_bytes_max") or artifact.get("limit_bytes") or LIMIT_BYTES
+        if artifact["total_bytes"] > limit or artifact.get("fits") is False:
+            out.append(f"over_size: {artifact['total_bytes']} bytes > {limit}")
+    return out
+
+
+def flags_from_files(train_json, artifact_json, expect: Optional[Mapping]) -> list:
+    return flags(read_json(train_json), read_json(artifact_json) if artifact_json else None, expect)

@@ -1,0 +1,85 @@
+"""Pre-flight: size estimate, paths, GPU requests; and that the RunPod executor runs it before
+its first API call."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgolf import preflight
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+# The challenge's naive baseline: 9 layers x 512, 8 heads, 4 KV heads, MLP x2, sp1024,
+# about 17.06M parameters (the count train_gpt.py logs, from memory: the lead should pin it
+# against pgolf/model.py).
+BASELINE_TRAIN = {"num_layers": 9, "model_dim": 512, "num_heads": 8, "num_kv_heads": 4, "mlp_mult": 2}
+
+
+def test_param_count_matches_the_published_baseline():
+    p = preflight.estimate_param_count(BASELINE_TRAIN, 1024)
+    assert p["embedding"] == 1024 * 512
+    assert p["block_matrices"] == 9 * (2 * 512 * 512 + 2 * 256 * 512 + 2 * 1024 * 512)
+    assert p["total"] == pytest.approx(17_059_912, rel=0.002)
+
+
+def test_estimate_scales_with_bits_and_counts_code():
+    quant6 = {"bits": 6, "embed_bits": 8}
+    e6 = preflight.estimate_artifact_bytes(BASELINE_TRAIN, quant6, 1024, code_bytes=50_000)
+    e5 = preflight.estimate_artifact_bytes(BASELINE_TRAIN, {"bits": 5, "embed_bits": 8}, 1024, code_bytes=50_000)
+    blocks = preflight.estimate_param_count(BASELINE_TRAIN, 1024)["block_matrices"]
+    assert e6["total_bytes"] - e5["total_bytes"] == pytest.approx(blocks / 8, abs=2)
+    assert e6["total_bytes"] - preflight.estimate_artifact_bytes(
+        BASELINE_TRAIN, quant6, 1024, code_bytes=0)["total_bytes"] == 50_000
+    assert e6["best_case_bytes"] < e6["total_bytes"] < preflight.LIMIT_BYTES
+
+
+def test_check_passes_the_default_config_and_prints_the_estimate(capsys):
+    est = preflight.check(BASE, gpu_count=8, gpu_type="H100 SXM")
+    assert est["total_bytes"] < preflight.LIMIT_BYTES
+    assert "estimated artifact" in capsys.readouterr().out
+
+
+def test_check_rejects_oversized_model_missing_files_and_bad_gpus(tmp_path):
+    cfg = copy.deepcopy(BASE)
+    cfg["train"].update(num_layers=30, model_dim=1024, num_heads=8, num_kv_heads=8, mlp_mult=4)
+    cfg["docs"].update(source="jsonl", path=str(tmp_path / "nope.jsonl"))
+    cfg["tokenizer"]["model"] = str(tmp_path / "nope.model")
+    with pytest.raises(preflight.PreflightError) as info:
+        preflight.check(cfg, gpu_count=3, gpu_type="H100 SXM")
+    msg = str(info.value)
+    for part in ("exceeds the 16,000,000-byte limit", "nope.jsonl", "nope.model", "gpu=3"):
+        assert part in msg
+    with pytest.raises(preflight.PreflightError, match="unknown RunPod GPU type"):
+        preflight.check(BASE, gpu_count=8, gpu_type="H1000")
+    with pytest.raises(preflight.PreflightError, match="num_kv_heads"):
+        preflight.estimate_param_count({**BASELINE_TRAIN, "num_kv_heads": 3}, 1024)
+
+
+def test_failed_preflight_rents_nothing(tmp_path):
+    """The executor runs the pre-flight hook before its first API call: an oversized model in
+    the workflow config stops the run and the fake RunPod API sees no request at all."""
+    from fake_runpod import FakeRunPod
+
+    cfg = copy.deepcopy(BASE)
+    cfg["train"].update(num_layers=40, model_dim=1024, num_heads=8, num_kv_heads=8)
+    wd = tmp_path / "wf"
+    wd.mkdir()
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (wd / "Snakefile").write_text('configfile: "config.yaml"\n\nrule train:\n    output: "m.txt"\n'
+                                  '    resources: gpu=8\n    shell: "touch {output}"\n')
+    with FakeRunPod(tmp_path / "pods") as fake:
+        env = dict(os.environ, RUNPOD_API_BASE_URL=fake.url, RUNPOD_API_KEY="rpa_x_0123456789",
+                   PYTHONPATH=str(REPO), HOME=str(tmp_path))
+        run = subprocess.run([sys.executable, "-m", "snakemake", "--executor", "runpod", "--jobs", "1",
+                              "--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path / "s"),
+                              "--runpod-preflight", "pgolf.preflight:executor_hook"],
+                             cwd=wd, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode != 0
+        assert "pre-flight failed" in run.stdout + run.stderr
+        assert fake.requests == []
