@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Put the record's training script, an FA3 shim and a launcher into the git-ignored .ref/
+# folder, ready to be carried to the device machine (carry: [".ref"]).  Runs on the dev
+# machine; nothing it writes is committed.
+#
+# Source of the reference (first that applies):
+#   REF_SRC=/path/to/train_gpt.py        a local copy of the record's train_gpt.py
+#   REF_MIRROR=<git dir>                 a git mirror of openai/parameter-golf
+#                                        (default /work/.mirror/openai+parameter-golf/repo,
+#                                        which the session's `fetch github:openai/parameter-golf` makes)
+#   REF_COMMIT=<rev>                     revision in the mirror (default HEAD)
+# Other knobs:
+#   REF_TOKENIZER=<.model>               sp8192 tokenizer (default ../shared/data/fineweb_8192_bpe.model)
+#   REF_VERIFY=0                         skip the blob-hash check of train_gpt.py
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEST="$ROOT/.ref"
+RECORD="records/track_10min_16mb/2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"
+# git blob id of that record's train_gpt.py (15,516 bytes, the packed script that was run)
+EXPECTED_BLOB="3bd17c944f812fc0eadf471c0aa642d54e67179e"
+MIRROR="${REF_MIRROR:-/work/.mirror/openai+parameter-golf/repo}"
+COMMIT="${REF_COMMIT:-HEAD}"
+TOKENIZER="${REF_TOKENIZER:-$ROOT/../shared/data/fineweb_8192_bpe.model}"
+
+cd "$ROOT"
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  mkdir -p "$DEST"
+  if ! git check-ignore -q "$DEST/train_gpt.py"; then
+    echo "prepare_reference: $DEST is not git-ignored; add '/.ref/' to .gitignore first" >&2
+    exit 1
+  fi
+fi
+mkdir -p "$DEST/data/tokenizers" "$DEST/data/datasets/fineweb10B_sp8192"
+
+# 1. the record's scripts
+if [[ -n "${REF_SRC:-}" ]]; then
+  cp "$REF_SRC" "$DEST/train_gpt.py"
+  echo "prepare_reference: train_gpt.py from $REF_SRC"
+else
+  if ! git --git-dir="$MIRROR" rev-parse --verify -q "$COMMIT^{commit}" >/dev/null 2>&1 \
+     && ! git -C "$MIRROR" rev-parse --verify -q "$COMMIT^{commit}" >/dev/null 2>&1; then
+    echo "prepare_reference: no openai/parameter-golf mirror at $MIRROR" >&2
+    echo "  fetch it with the session's fetch tool (github:openai/parameter-golf) and/or set REF_MIRROR," >&2
+    echo "  or set REF_SRC to a copy of $RECORD/train_gpt.py" >&2
+    exit 1
+  fi
+  show() { git -C "$MIRROR" show "$COMMIT:$RECORD/$1"; }
+  show train_gpt.py > "$DEST/train_gpt.py"
+  show train_gpt_human.py > "$DEST/train_gpt_human.py"   # readable twin, for reading only
+  show README.md > "$DEST/record_README.md"
+  show submission.json > "$DEST/record_submission.json"
+  for s in 1 42 1234 1337 2025; do show "train_seed$s.log" > "$DEST/record_train_seed$s.log"; done
+  echo "prepare_reference: scripts from $MIRROR @ $(git -C "$MIRROR" rev-parse "$COMMIT")"
+fi
+if [[ "${REF_VERIFY:-1}" == "1" ]]; then
+  got="$(git hash-object "$DEST/train_gpt.py")"
+  if [[ "$got" != "$EXPECTED_BLOB" ]]; then
+    echo "prepare_reference: train_gpt.py blob $got != expected $EXPECTED_BLOB (REF_VERIFY=0 to accept)" >&2
+    exit 1
+  fi
+fi
+
+# The record ships its code lzma+base85-packed (to count fewer code bytes); unpack a copy
+# for reading and profiling.  The packed file is what runs.
+python3 - "$DEST/train_gpt.py" "$DEST/train_gpt_unpacked.py" <<'PY'
+import base64, lzma, re, sys
+src = open(sys.argv[1], encoding="utf-8").read()
+m = re.search(r'b85decode\("(.*?)"\)', src, re.S)
+if m is None:
+    open(sys.argv[2], "w", encoding="utf-8").write(src)   # already plain source
+else:
+    raw = base64.b85decode(m.group(1))
+    code = lzma.decompress(raw, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    open(sys.argv[2], "w", encoding="utf-8").write(code.decode("utf-8"))
+PY
+
+# 2. our shim for flash_attn_interface and the launcher
+cp "$ROOT/bench/ref_shim/flash_attn_interface.py" "$DEST/flash_attn_interface.py"
+cp "$ROOT/bench/ref_shim/run_reference.py" "$DEST/run_reference.py"
+
+# 3. tokenizer where the record looks for it: DATA_DIR/tokenizers/fineweb_8192_bpe.model
+if [[ ! -f "$TOKENIZER" ]]; then
+  echo "prepare_reference: tokenizer $TOKENIZER not found (set REF_TOKENIZER)" >&2
+  exit 1
+fi
+install -m 0644 "$TOKENIZER" "$DEST/data/tokenizers/fineweb_8192_bpe.model"
+
+du -sh "$DEST" | sed 's/^/prepare_reference: .ref size /'
+echo "prepare_reference: shards are made on the device: python3 bench/make_random_shards.py --out .ref/data/datasets/fineweb10B_sp8192"
