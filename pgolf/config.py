@@ -136,8 +136,8 @@ def check_consistency(cfg: dict, where: str = "config") -> None:
         (train["num_heads"] % train["num_kv_heads"] == 0,
          "train.num_heads must be divisible by train.num_kv_heads"),
         ((train["model_dim"] // train["num_heads"]) % 2 == 0, "train.model_dim / train.num_heads must be even (RoPE)"),
-        (train["batch_tokens"] % (train["seq_len"] * train["nproc"]) == 0,
-         "train.batch_tokens must be a multiple of train.seq_len * train.nproc"),
+        (train["batch_tokens"] % (train["seq_len"] * train["nproc"] * train.get("grad_accum_steps", 1)) == 0,
+         "train.batch_tokens must be a multiple of train.seq_len * train.nproc * train.grad_accum_steps"),
         (cfg["eval"]["stride"] <= cfg["eval"]["seq_len"], "eval.stride must not exceed eval.seq_len"),
     ]
     for ok, message in rules:

@@ -1,0 +1,63 @@
+"""GPTQ calibration: input second moments H = Σ x xᵀ of every quantized matrix, from training batches.
+
+GPTQ minimizes ‖(W − Ŵ) X‖², whose Hessian in each row of W is X Xᵀ: the sum over calibration tokens
+of the outer product of the layer's input. Forward hooks on every Linear inside the blocks record it;
+the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
+hidden states. Calibration reads training data, so it runs inside the training time budget.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pgolf.model import GPT
+
+EMBED_KEY = "tok_emb.weight"
+NUM_TOKENS_KEY = "__num_tokens__"
+
+
+def _accumulate(hessian: torch.Tensor, x: torch.Tensor) -> None:
+    x = x.detach().reshape(-1, x.size(-1)).float()
+    hessian.addmm_(x.T, x)
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_batches: int) -> dict:
+    """Run `num_batches` batches of `next_inputs()` token ids through `model`; return
+    {param name: H [in, in] fp32 cpu} summed over all ranks, plus NUM_TOKENS_KEY: the token count."""
+    device = model.tok_emb.weight.device
+    hessians: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.blocks.named_modules(prefix="blocks"):
+        if isinstance(module, nn.Linear):
+            key = f"{name}.weight"
+            hessians[key] = torch.zeros(module.in_features, module.in_features, device=device)
+            hooks.append(module.register_forward_hook(
+                lambda _mod, inputs, _out, h=hessians[key]: _accumulate(h, inputs[0])))
+    dim = model.config.model_dim
+    hessians[EMBED_KEY] = torch.zeros(dim, dim, device=device)
+
+    num_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(num_batches):
+            input_ids = next_inputs()
+            _accumulate(hessians[EMBED_KEY], model.hidden_states(input_ids))
+            num_tokens += input_ids.numel()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+    count = torch.tensor([num_tokens], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        for h in hessians.values():
+            dist.all_reduce(h)
+        dist.all_reduce(count)
+    out = {k: h.cpu() for k, h in hessians.items()}
+    out[NUM_TOKENS_KEY] = int(count.item())
+    return out

@@ -1,0 +1,154 @@
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from pgolf.hessians import EMBED_KEY, NUM_TOKENS_KEY
+from pgolf.launch import TRAIN_FILES, launch_env, run_train, torchrun_command
+from pgolf.model import build_model
+from pgolf.train import lr_scale, train
+
+TINY = dict(nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
+            rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1, max_steps=20,
+            max_wallclock_seconds=300.0, warmup_steps=2, warmdown_frac=0.3, matrix_lr=0.04, scalar_lr=0.02,
+            embed_lr=0.05, muon_momentum=0.95, weight_decay=0.0, ema_decay=0.9, hessian_batches=2, log_every=5)
+SUMMARY_KEYS = {"steps", "train_seconds", "step_ms", "tokens_per_second", "peak_memory_bytes", "world_size",
+                "device", "final_train_loss", "hessian_seconds", "stopped_by"}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_corpus, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("train")
+    summary = train(TINY, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, out, seed=1)
+    return out, summary
+
+
+def logged_losses(log_text: str) -> list[float]:
+    return [float(m) for m in re.findall(r"^step \d+/\d+ loss (\S+)", log_text, flags=re.M)]
+
+
+def test_lr_schedule():
+    assert lr_scale(0, 0.0, warmup_steps=4, warmdown_frac=0.5) == 0.25
+    assert lr_scale(10, 0.3, warmup_steps=4, warmdown_frac=0.5) == 1.0
+    assert lr_scale(10, 0.75, warmup_steps=4, warmdown_frac=0.5) == pytest.approx(0.5)
+    assert lr_scale(10, 1.0, warmup_steps=4, warmdown_frac=0.5) == 0.0
+    assert lr_scale(10, 0.99, warmup_steps=4, warmdown_frac=0.0) == 1.0
+
+
+def test_training_writes_every_file_and_loss_decreases(tiny_run, tiny_corpus):
+    out, summary = tiny_run
+    assert {p.name for p in out.iterdir()} == set(TRAIN_FILES)
+    saved = json.loads((out / "train.json").read_text())
+    assert SUMMARY_KEYS <= set(saved) and saved == json.loads(json.dumps(summary))
+    assert saved["steps"] == 20 and saved["stopped_by"] == "max_steps" and saved["world_size"] == 1
+    assert saved["device"] == "cpu" and saved["peak_memory_bytes"] > 0 and saved["tokens_per_second"] > 0
+
+    log_text = (out / "train.log").read_text()
+    assert log_text.startswith("# hyperparameters\n") and "\nmatrix_lr: 0.04\n" in log_text
+    losses = logged_losses(log_text)
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] < math.log(tiny_corpus.vocab_size) + 0.5
+    assert saved["final_train_loss"] == pytest.approx(losses[-1], abs=1e-4)
+
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    assert ckpt["model_config"]["vocab_size"] == tiny_corpus.vocab_size
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values())
+    assert ckpt["state_dict"]["blocks.0.attn.proj.weight"].any()  # trained away from its zero init
+
+
+def test_hessians_are_symmetric_psd_with_the_right_shapes(tiny_run):
+    out, _ = tiny_run
+    hessians = torch.load(out / "hessians.pt", map_location="cpu", weights_only=True)
+    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    matrices = {n for n, w in state.items() if n.startswith("blocks.") and w.ndim == 2}
+    assert set(hessians) == matrices | {EMBED_KEY, NUM_TOKENS_KEY}
+    assert hessians[NUM_TOKENS_KEY] == TINY["hessian_batches"] * TINY["batch_tokens"]
+    for name in matrices | {EMBED_KEY}:
+        h = hessians[name]
+        assert h.dtype == torch.float32 and h.shape == (state[name].shape[1],) * 2, name
+        torch.testing.assert_close(h, h.T)
+        assert torch.linalg.eigvalsh(h.double()).min() > -1e-4 * h.diagonal().max(), name
+        assert h.diagonal().min() > 0, name
+
+
+def test_wallclock_cap_stops_training(tiny_corpus, tmp_path):
+    cfg = dict(TINY, max_steps=100_000, max_wallclock_seconds=1.0)
+    summary = train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+    assert summary["stopped_by"] == "wallclock" and 1 <= summary["steps"] < 100_000
+    assert (tmp_path / "model.pt").exists()
+
+
+def test_non_finite_loss_fails_clearly_and_leaves_nothing(tiny_corpus, tmp_path):
+    cfg = dict(TINY, matrix_lr=float("inf"))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step \d+"):
+        train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gradient_accumulation_takes_the_same_steps(tiny_corpus, tmp_path):
+    cfg = dict(TINY, max_steps=3)
+    states = []
+    for accum in (1, 4):
+        train(dict(cfg, grad_accum_steps=accum), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
+              tmp_path / str(accum), seed=1)
+        states.append(torch.load(tmp_path / str(accum) / "model.pt", weights_only=True)["state_dict"])
+    for name, w in states[0].items():
+        torch.testing.assert_close(states[1][name], w, atol=1e-4, rtol=1e-3, msg=name)
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        train(dict(cfg, grad_accum_steps=3), tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+
+
+def test_missing_config_key_is_named(tiny_corpus, tmp_path):
+    cfg = {k: v for k, v in TINY.items() if k != "ema_decay"}
+    with pytest.raises(KeyError, match="ema_decay"):
+        train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+
+
+def test_torchrun_command_and_env():
+    cmd = torchrun_command(2, "p.json", "tr", "tok.model", "out", seed=3, python="/venv/python")
+    assert cmd[:5] == ["/venv/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5:7] == ["-m", "pgolf.train"] and cmd[-2:] == ["--seed", "3"]
+    env = launch_env(threads=4, nproc=2, base={"PYTHONPATH": "/x"})
+    assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONPATH"].endswith("/x")
+
+
+def test_torchrun_two_ranks_on_gloo_match_one_rank(tiny_corpus, tiny_run, tmp_path):
+    """Two ranks split each global batch and average gradients: the same run as one rank, up to rounding."""
+    outputs = {name: tmp_path / "outputs" / name for name in TRAIN_FILES}
+    log_path = tmp_path / "train_stage.log"
+    run_train(TINY, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1, outputs, log_path, nproc=2, threads=2)
+    summary = json.loads(outputs["train.json"].read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert "world_size: 2" in outputs["train.log"].read_text()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(TRAIN_FILES)  # no scratch left
+
+    one_rank = torch.load(tiny_run[0] / "model.pt", weights_only=True)["state_dict"]
+    two_ranks = torch.load(outputs["model.pt"], weights_only=True)["state_dict"]
+    for name, w in one_rank.items():
+        torch.testing.assert_close(two_ranks[name], w, atol=2e-3, rtol=1e-2, msg=name)
+    h1 = torch.load(tiny_run[0] / "hessians.pt", weights_only=True)
+    h2 = torch.load(outputs["hessians.pt"], weights_only=True)
+    assert h2[NUM_TOKENS_KEY] == h1[NUM_TOKENS_KEY]  # ranks' calibration tokens summed, not duplicated
+
+
+def test_failed_launch_raises_and_leaves_no_outputs(tiny_corpus, tmp_path):
+    outputs = {name: tmp_path / name for name in TRAIN_FILES}
+    log_path = tmp_path / "stage.log"
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_train(dict(TINY, matrix_lr=float("inf")), tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1,
+                  outputs, log_path, nproc=1, threads=1)
+    assert "non-finite training loss" in log_path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage.log"]
