@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from pgolf import ARTIFACT_LIMIT_BYTES
 from pgolf.config import STAGE_SECTIONS
 from pgolf.io import atomic_path, read_json
+from pgolf.postflight import flags as postflight_flags
 from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
 
 
-def load_seed_table(rows: list[dict]) -> pd.DataFrame:
+# Snakemake wildcard names of the stage keys (rules/common.smk), for matching pod reports.
+WILDCARD_STAGES = {"docs_key": "docs", "tok_key": "tokenizer", "shards_key": "shards", "train_key": "train",
+                   "quant_key": "quant", "compress_key": "compress", "eval_key": "eval",
+                   "prequant_key": "prequant"}
+
+
+def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFrame:
     """One record per (ablation, seed) with the numbers the summary needs, read from the JSON files."""
     records = []
     for row in rows:
@@ -36,6 +44,7 @@ def load_seed_table(rows: list[dict]) -> pd.DataFrame:
             "world_size": train["world_size"],
             "device": train["device"],
             "gpu_hours": gpu_seconds / 3600.0,
+            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect)],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
     return pd.DataFrame.from_records(records)
@@ -58,7 +67,32 @@ def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, r
     return out
 
 
-def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float) -> pd.DataFrame:
+def load_pod_reports(pods_dir) -> list[dict]:
+    """The RunPod executor's one-line JSON report per job (results/pods/*.json); none on local runs."""
+    pods_dir = Path(pods_dir) if pods_dir else None
+    if pods_dir is None or not pods_dir.is_dir():
+        return []
+    return [read_json(path) for path in sorted(pods_dir.glob("*.json"))]
+
+
+def pod_usage(reports: list[dict], keys: dict[str, str], seeds: set[int]) -> tuple[float, float]:
+    """GPU-hours and dollars of the pod jobs that produced this ablation's files (shared jobs, such
+    as one trained model behind two quantization ablations, count toward each)."""
+    gpu_hours = cost = 0.0
+    for report in reports:
+        wildcards = report.get("wildcards") or {}
+        stage_keys = {WILDCARD_STAGES[w]: v for w, v in wildcards.items() if w in WILDCARD_STAGES}
+        if not stage_keys or any(keys.get(stage) != value for stage, value in stage_keys.items()):
+            continue
+        if "seed" in wildcards and int(wildcards["seed"]) not in seeds:
+            continue
+        gpu_hours += float(report.get("gpu_hours", 0.0))
+        cost += float(report.get("cost_usd", 0.0))
+    return gpu_hours, cost
+
+
+def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float,
+              pod_reports: list[dict] | None = None) -> pd.DataFrame:
     """Per-ablation statistics and tests against the baseline ablation and the external reference."""
     if baseline not in set(seeds["ablation"]):
         raise ValueError(f"baseline ablation {baseline!r} has no results")
@@ -73,7 +107,12 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
     for name, g in groups.items():
         bpb, loss = Sample.of(g["val_bpb"]), Sample.of(g["val_loss"])
         low, high = ci95(bpb)
-        gpu_hours = float(g["gpu_hours"].sum())
+        keys = {stage: g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS}
+        gpu_hours, cost_usd = float(g["gpu_hours"].sum()), float(g["gpu_hours"].sum()) * usd_per_gpu_hour
+        cost_source = "estimate"
+        if pod_reports:
+            gpu_hours, cost_usd = pod_usage(pod_reports, keys, set(g["seed"]))
+            cost_source = "pods"
         row = {
             "ablation": name,
             "n_seeds": bpb.n,
@@ -98,33 +137,34 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             "world_size": int(g["world_size"].max()),
             "device": ",".join(sorted(set(g["device"]))),
             "gpu_hours": gpu_hours,
-            "cost_usd": gpu_hours * usd_per_gpu_hour,
+            "cost_usd": cost_usd,
+            "cost_source": cost_source,
         }
         row.update(_versus("baseline", bpb, loss, base_bpb, base_loss))
+        if name == baseline:  # a group tested against itself says nothing
+            row.update({k: math.nan for k in ("p_welch_vs_baseline", "p_strict_vs_baseline", "seeds_needed_strict")})
         row["significant_strict_vs_baseline"] = bool(row["p_strict_vs_baseline"] < STRICT_ALPHA)
         row["significant_practised_vs_baseline"] = bool(row["p_welch_vs_baseline"] < PRACTISED_ALPHA)
         if ref_bpb is not None:
             row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
-        row["flags"] = ";".join(_flags(row))
-        row.update({f"key_{stage}": g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS})
+        row["flags"] = ";".join(_flags(row) + [flag for seed_flags in g["flags"] for flag in seed_flags])
+        row.update({f"key_{stage}": key for stage, key in keys.items()})
         rows.append(row)
     return pd.DataFrame.from_records(rows)
 
 
 def _flags(row: dict) -> list[str]:
-    """Reasons not to rank a row at face value."""
+    """Reasons not to rank a row at face value, beyond the per-seed post-flight flags."""
     flags = []
-    if not row["fits_16mb"]:
-        flags.append("over_16mb")
     if row["n_seeds"] < 3:
         flags.append("fewer_than_3_seeds")
     return flags
 
 
 def write_summary(rows: list[dict], baseline: str, reference: dict | None, usd_per_gpu_hour: float,
-                  out_tsv, out_parquet, out_index) -> pd.DataFrame:
-    seeds = load_seed_table(rows)
-    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour)
+                  out_tsv, out_parquet, out_index, expect: dict | None = None, pods_dir=None) -> pd.DataFrame:
+    seeds = load_seed_table(rows, expect)
+    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour, load_pod_reports(pods_dir))
     index = pd.DataFrame.from_records(
         [{"ablation": r["ablation"], "seed": r["seed"], **{f"key_{s}": k for s, k in r["keys"].items()},
           "eval_json": r["eval"], "train_json": r["train"], "artifact_json": r["artifact"]} for r in rows])

@@ -13,9 +13,8 @@ Proposed config section (all keys optional; absent or null means "not checked"):
 
 from typing import Mapping, Optional
 
+from pgolf import ARTIFACT_LIMIT_BYTES as LIMIT_BYTES
 from pgolf.io import read_json
-
-LIMIT_BYTES = 16_000_000
 
 
 def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]) -> list:

@@ -11,11 +11,13 @@ import logging
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Tuple
 
+import torch
+
+from pgolf import ARTIFACT_LIMIT_BYTES as LIMIT_BYTES
 from snakemake_executor_plugin_runpod.pods import PodSpecError, canonical_gpu_type, check_gpu_count
 
 log = logging.getLogger(__name__)
 
-LIMIT_BYTES = 16_000_000
 # Packed code of a record submission (train_gpt.py-sized): a conservative default.
 CODE_BYTES_ESTIMATE = 60_000
 # Brotli on GPTQ int-k values (clipped, peaked near 0) stores them below k bits; the best
@@ -32,26 +34,26 @@ class PreflightError(ValueError):
 
 
 def estimate_param_count(train_cfg: Mapping, vocab_size: int) -> dict:
-    """Parameters of the pgolf GPT, analytically, by kind (the lead reconciles with pgolf/model.py).
+    """Exact parameter counts by kind, from pgolf's own GPT built on the meta device (no memory,
+    no arithmetic), so the estimate follows every model switch without a second formula."""
+    from pgolf.model import GPT, ModelConfig
 
-    Tied embedding (vocab x dim). Per block: q and out projections (dim x dim), k and v
-    (dim x kv_heads*head_dim), MLP up and down (dim x mlp_mult*dim); small per-block tensors
-    (attention and MLP output scales, a 2-way residual mix per channel, one q gain per head);
-    U-Net style skip weights (dim per decoder block that receives a skip)."""
-    dim, layers = int(train_cfg["model_dim"]), int(train_cfg["num_layers"])
-    heads, kv_heads = int(train_cfg["num_heads"]), int(train_cfg["num_kv_heads"])
-    if dim % heads or heads % kv_heads:
-        raise PreflightError(f"train: model_dim {dim} must divide by num_heads {heads}, "
-                             f"and num_heads by num_kv_heads {kv_heads}")
-    kv_dim = kv_heads * (dim // heads)
-    hidden = int(float(train_cfg["mlp_mult"]) * dim)
-    matrix_rows_cols = [(dim, dim), (kv_dim, dim), (kv_dim, dim), (dim, dim), (hidden, dim), (dim, hidden)]
-    block_matrix = layers * sum(r * c for r, c in matrix_rows_cols)
-    block_rows = layers * sum(r for r, _ in matrix_rows_cols)
-    small = layers * (4 * dim + heads) + min(layers // 2, layers - layers // 2) * dim
-    embedding = int(vocab_size) * dim
-    return {"embedding": embedding, "block_matrices": block_matrix, "block_matrix_rows": block_rows,
-            "small": small, "total": embedding + block_matrix + small}
+    try:
+        with torch.device("meta"):
+            model = GPT(ModelConfig.from_train_cfg(dict(train_cfg), int(vocab_size)))
+    except (ValueError, KeyError) as e:
+        raise PreflightError(f"train: cannot build the model: {e}") from None
+    counts = {"embedding": 0, "block_matrices": 0, "block_matrix_rows": 0, "small": 0}
+    for name, param in model.named_parameters():
+        if name == "tok_emb.weight":
+            counts["embedding"] += param.numel()
+        elif param.ndim == 2:
+            counts["block_matrices"] += param.numel()
+            counts["block_matrix_rows"] += param.shape[0]
+        else:
+            counts["small"] += param.numel()
+    counts["total"] = counts["embedding"] + counts["block_matrices"] + counts["small"]
+    return counts
 
 
 def estimate_artifact_bytes(train_cfg: Mapping, quant_cfg: Mapping, vocab_size: int,

@@ -32,6 +32,9 @@ rule aggregate:
         baseline=RUNS.baseline,
         reference=config.get("reference"),
         usd_per_gpu_hour=config["cost"]["usd_per_gpu_hour"],
+        expect=config["expect"],
+        # written by the RunPod executor beside the workflow's outputs, not a workflow output itself
+        pods_dir="results/pods",
     log:
         LOG_DIR + "/aggregate.log",
     script:

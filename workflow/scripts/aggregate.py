@@ -7,6 +7,7 @@ logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asc
 summary = write_summary(
     snakemake.params.rows, snakemake.params.baseline, snakemake.params.reference,
     snakemake.params.usd_per_gpu_hour, snakemake.output.tsv, snakemake.output.parquet, snakemake.output.index,
+    expect=snakemake.params.expect, pods_dir=snakemake.params.pods_dir,
 )
 table = format_table(summary)
 logging.info("summary:\n%s", table)

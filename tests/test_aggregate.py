@@ -1,0 +1,86 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pgolf.aggregate import write_summary
+from pgolf.config import STAGE_SECTIONS
+
+BPB = {"baseline": [1.2250, 1.2240, 1.2246], "better": [1.2150, 1.2160, 1.2148]}
+LOSS_PER_BPB = 2.0  # any fixed ratio: val_loss tracks val_bpb for one tokenizer and val set
+
+
+def write_seed(tmp_path, ablation, seed, bpb, total_bytes=15_000_000, step_ms=40.0):
+    base = tmp_path / ablation / str(seed)
+    base.mkdir(parents=True)
+    files = {
+        "train": {"steps": 100, "step_ms": step_ms, "tokens_per_second": 1e6, "train_seconds": 600.0,
+                  "world_size": 8, "device": "cuda"},
+        "artifact": {"total_bytes": total_bytes, "model_bytes": total_bytes - 50_000, "code_bytes": 50_000,
+                     "limit_bytes": 16_000_000, "fits": total_bytes <= 16_000_000},
+        "eval": {"val_bpb": bpb, "val_loss": bpb * LOSS_PER_BPB, "eval_seconds": 120.0},
+        "prequant": {"val_bpb": bpb - 0.01, "val_loss": (bpb - 0.01) * LOSS_PER_BPB, "eval_seconds": 100.0},
+    }
+    row = {"ablation": ablation, "seed": seed}
+    for kind, content in files.items():
+        path = base / f"{kind}.json"
+        path.write_text(json.dumps(content))
+        row[kind] = str(path)
+    train_key = "a" * 10 if ablation == "baseline" else "b" * 10
+    row["keys"] = {stage: (train_key if stage == "train" else stage[:1] * 10) for stage in STAGE_SECTIONS}
+    return row
+
+
+def summary_of(tmp_path, rows, **kwargs):
+    out = tmp_path / "out"
+    write_summary(rows, "baseline", kwargs.pop("reference", None), 3.0, out / "s.tsv", out / "s.parquet",
+                  out / "i.tsv", **kwargs)
+    return pd.read_csv(out / "s.tsv", sep="\t").set_index("ablation")
+
+
+def test_statistics_and_tests_match_scipy(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    summary = summary_of(tmp_path, rows)
+    better, base = summary.loc["better"], summary.loc["baseline"]
+    assert better["val_bpb_mean"] == pytest.approx(sum(BPB["better"]) / 3)
+    assert better["val_bpb_std"] == pytest.approx(pd.Series(BPB["better"]).std(ddof=1))
+    welch = stats.ttest_ind(BPB["better"], BPB["baseline"], equal_var=False, alternative="less").pvalue
+    assert better["p_welch_vs_baseline"] == pytest.approx(welch)
+    loss_b = [v * LOSS_PER_BPB + 0.005 for v in BPB["better"]]
+    strict = stats.ttest_ind(loss_b, [v * LOSS_PER_BPB for v in BPB["baseline"]], equal_var=False,
+                             alternative="less").pvalue
+    assert better["p_strict_vs_baseline"] == pytest.approx(strict)
+    assert better["delta_nats_vs_baseline"] == pytest.approx(better["delta_bpb_vs_baseline"] * LOSS_PER_BPB)
+    assert better["quant_gap_bpb"] == pytest.approx(0.01)
+    assert math.isnan(base["p_welch_vs_baseline"]) and base["delta_bpb_vs_baseline"] == 0
+    # GPU-hours estimate: (600 s x 8 GPUs + 120 s eval) per seed
+    assert better["gpu_hours"] == pytest.approx(3 * (600 * 8 + 120) / 3600)
+    assert better["cost_usd"] == pytest.approx(better["gpu_hours"] * 3.0)
+    assert better["fits_16mb"] and pd.isna(better["flags"])
+
+
+def test_reference_columns_and_flags(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v, total_bytes=16_000_001 if (name, seed) == ("better", 2) else 15_000_000)
+            for name, values in BPB.items() for seed, v in enumerate(values)]
+    reference = {"name": "ref", "val_bpb": {"mean": 1.2244, "std": 0.0005, "n": 3}}
+    summary = summary_of(tmp_path, rows, reference=reference, expect={"step_ms_max": 30.0})
+    better = summary.loc["better"]
+    expected = stats.ttest_ind_from_stats(better["val_bpb_mean"], better["val_bpb_std"], 3, 1.2244, 0.0005, 3,
+                                          equal_var=False, alternative="less").pvalue
+    assert better["p_welch_vs_reference"] == pytest.approx(expected, rel=1e-6)  # TSV keeps 8 digits
+    assert not better["fits_16mb"]
+    assert "seed 2: over_size" in better["flags"] and "slow_steps" in better["flags"]
+
+
+def test_pod_reports_replace_the_cost_estimate(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    for i, (key, seed, hours) in enumerate([("a" * 10, 0, 1.0), ("a" * 10, 1, 2.0), ("b" * 10, 0, 4.0)]):
+        (pods / f"run-{i}.json").write_text(json.dumps(
+            {"wildcards": {"train_key": key, "seed": str(seed)}, "gpu_hours": hours, "cost_usd": hours * 2.5}))
+    summary = summary_of(tmp_path, rows, pods_dir=pods)
+    assert summary.loc["baseline", "gpu_hours"] == 3.0 and summary.loc["baseline", "cost_usd"] == 7.5
+    assert summary.loc["better", "gpu_hours"] == 4.0 and summary.loc["better", "cost_source"] == "pods"
