@@ -67,7 +67,8 @@ def test_reference_columns_and_flags(tmp_path):
     reference = {"name": "ref", "val_bpb": {"mean": 1.2244, "std": 0.0005, "n": 3}}
     summary = summary_of(tmp_path, rows, reference=reference, expect={"step_ms_max": 30.0})
     better = summary.loc["better"]
-    expected = stats.ttest_ind_from_stats(better["val_bpb_mean"], better["val_bpb_std"], 3, 1.2244, 0.0005, 3,
+    mine = pd.Series(BPB["better"])
+    expected = stats.ttest_ind_from_stats(mine.mean(), mine.std(ddof=1), 3, 1.2244, 0.0005, 3,
                                           equal_var=False, alternative="less").pvalue
     assert better["p_welch_vs_reference"] == pytest.approx(expected, rel=1e-6)  # TSV keeps 8 digits
     assert not better["fits_16mb"]
