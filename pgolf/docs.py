@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf.hub import download_dataset_file
 from pgolf.io import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -121,15 +122,6 @@ def read_jsonl_texts(path: str | os.PathLike, max_docs: int | None = None) -> li
     return texts
 
 
-def download_hf_docs(repo_id: str, filename: str, revision: str | None, cache_dir: str | None = None) -> Path:
-    """Fetch the challenge docs file from a HF dataset repo (cached by huggingface_hub); returns the local path."""
-    from huggingface_hub import hf_hub_download
-
-    log.info("downloading %s from HF dataset %s (revision %s)", filename, repo_id, revision or "main")
-    return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
-                                repo_type="dataset", cache_dir=cache_dir))
-
-
 def _docs_bytes(texts: list[str]) -> bytes:
     return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode("utf-8")
 
@@ -149,7 +141,7 @@ def build_docs(cfg: dict, out_jsonl: str | os.PathLike, out_meta: str | os.PathL
             if not path.is_file():
                 raise FileNotFoundError(f"docs.path: {path}: file not found")
         else:
-            path = download_hf_docs(cfg["hf_repo"], cfg["hf_filename"], cfg.get("hf_revision"))
+            path = download_dataset_file(cfg["hf_repo"], cfg["hf_filename"], cfg.get("hf_revision"))
         texts = read_jsonl_texts(path, max_docs=num_docs)
         where = str(path)
         source_sha256 = sha256_file(path)

@@ -18,6 +18,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from pgolf.docs import load_split
+from pgolf.hub import download_dataset_file
 from pgolf.io import atomic_path, sha256_file, write_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,17 @@ def _check(sp: spm.SentencePieceProcessor, model_path: str | os.PathLike) -> spm
 def build_tokenizer(cfg: dict, docs_jsonl: str | os.PathLike, num_val_docs: int,
                     out_model: str | os.PathLike, out_meta: str | os.PathLike) -> dict:
     """The tokenizer stage; `cfg` is the `tokenizer:` config section."""
-    if cfg.get("model"):
-        given = Path(cfg["model"])
+    if cfg.get("hf_repo"):  # the published tokenizer that matches the published shards
+        given = download_dataset_file(cfg["hf_repo"], cfg["hf_filename"], cfg.get("hf_revision"))
+    else:
+        given = Path(cfg["model"]) if cfg.get("model") else None
+    if given is not None:
         if not given.is_file():
             raise FileNotFoundError(f"tokenizer.model: {given}: file not found")
         check_tokenizer(given)
         with atomic_path(out_model) as tmp:
             shutil.copyfile(given, tmp)
-        source, trained_on_docs = str(given), 0
+        source, trained_on_docs = (f"hf:{cfg['hf_repo']}/{cfg['hf_filename']}" if cfg.get("hf_repo") else str(given)), 0
     else:
         val, train = load_split(docs_jsonl, num_val_docs)
         texts = val + train if cfg.get("train_on_val") else train

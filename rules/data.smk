@@ -13,9 +13,25 @@ rule docs:
         "../workflow/scripts/docs.py"
 
 
+def tokenizer_inputs(wildcards):
+    """Docs only when the tokenizer is trained here (not a given file or the published one)."""
+    cfg = RUNS.params("tokenizer", wildcards.tok_key)
+    if cfg["model"] or cfg["hf_repo"]:
+        return {}
+    return {"docs": upstream("tokenizer", "tok_key", "docs", DOCS_DIR + "/docs.jsonl")(wildcards)}
+
+
+def shards_inputs(wildcards):
+    """Docs only when the shards are built here; published shards need just the tokenizer."""
+    inputs = {"tokenizer": upstream("shards", "shards_key", "tokenizer", TOK_DIR + "/tokenizer.model")(wildcards)}
+    if RUNS.params("shards", wildcards.shards_key)["source"] == "build":
+        inputs["docs"] = upstream("shards", "shards_key", "docs", DOCS_DIR + "/docs.jsonl")(wildcards)
+    return inputs
+
+
 rule tokenizer:
     input:
-        docs=upstream("tokenizer", "tok_key", "docs", DOCS_DIR + "/docs.jsonl"),
+        unpack(tokenizer_inputs),
     output:
         model=TOK_DIR + "/tokenizer.model",
         meta=TOK_DIR + "/tokenizer.json",
@@ -30,8 +46,7 @@ rule tokenizer:
 
 rule shards:
     input:
-        docs=upstream("shards", "shards_key", "docs", DOCS_DIR + "/docs.jsonl"),
-        tokenizer=upstream("shards", "shards_key", "tokenizer", TOK_DIR + "/tokenizer.model"),
+        unpack(shards_inputs),
     output:
         train=directory(SHARDS_DIR + "/train"),
         val=directory(SHARDS_DIR + "/val"),

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from pgolf.docs import build_docs, download_hf_docs, load_split, read_jsonl_texts, synthetic_docs
+from pgolf.docs import build_docs, load_split, read_jsonl_texts, synthetic_docs
+from pgolf.hub import download_dataset_file
 from pgolf.io import read_json, sha256_file
 
 
@@ -120,4 +121,4 @@ def test_build_docs_hf_uses_hf_hub_download(tmp_path, monkeypatch):
                       "revision": "abc123", "repo_type": "dataset", "cache_dir": None}]
     assert meta["source"] == "hf" and meta["num_docs"] == 5
     assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert download_hf_docs("r", "f", None) == src
+    assert download_dataset_file("r", "f", None) == src

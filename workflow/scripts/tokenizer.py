@@ -4,6 +4,6 @@ import logging
 from pgolf.tokenizer import build_tokenizer
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-meta = build_tokenizer(snakemake.params.cfg, snakemake.input.docs, int(snakemake.params.num_val_docs),
+meta = build_tokenizer(snakemake.params.cfg, snakemake.input.get("docs"), int(snakemake.params.num_val_docs),
                        snakemake.output.model, snakemake.output.meta)
 logging.info("tokenizer meta: %s", meta)
