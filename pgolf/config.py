@@ -139,6 +139,10 @@ def check_consistency(cfg: dict, where: str = "config") -> None:
         (train["batch_tokens"] % (train["seq_len"] * train["nproc"] * train.get("grad_accum_steps", 1)) == 0,
          "train.batch_tokens must be a multiple of train.seq_len * train.nproc * train.grad_accum_steps"),
         (cfg["eval"]["stride"] <= cfg["eval"]["seq_len"], "eval.stride must not exceed eval.seq_len"),
+        (all(0 <= i < train["num_layers"] for i in train.get("loop_layers") or []),
+         "train.loop_layers must be block indices below train.num_layers"),
+        (train.get("rope_dims") is None or train["rope_dims"] <= train["model_dim"] // train["num_heads"],
+         "train.rope_dims must not exceed the head dim (train.model_dim / train.num_heads)"),
     ]
     for ok, message in rules:
         if not ok:

@@ -4,6 +4,10 @@ Every optimizer step takes the next `batch_tokens + 1` tokens of the stream (sha
 wrapping around at the end). Rank r gets the r-th contiguous slice of `batch_tokens / world_size`
 tokens plus one more for the shifted targets, reshaped to sequences of `seq_len`. Ranks therefore see
 disjoint data, and together exactly the tokens a single process would see.
+
+On CUDA the slice goes through one of two pinned int32 staging buffers and is copied asynchronously
+(the host never waits for the GPU, and the GPU never waits for a pageable copy); an event per buffer
+keeps the host from overwriting a buffer whose copy is still in flight.
 """
 from __future__ import annotations
 
@@ -58,12 +62,26 @@ class DistributedTokenLoader:
         self.seq_len, self.batch_tokens = seq_len, batch_tokens
         self.rank, self.local_tokens = rank, batch_tokens // world_size
         self.device = torch.device(device)
+        self._pinned, self._copied, self._turn = [], [], 0
+        if self.device.type == "cuda":
+            self._pinned = [torch.empty(self.local_tokens + 1, dtype=torch.int32).pin_memory() for _ in range(2)]
+            self._copied = [None, None]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         span = self.stream.take(self.batch_tokens + 1)  # +1: the last rank's final target
         start = self.rank * self.local_tokens
-        local = torch.from_numpy(span[start:start + self.local_tokens + 1].astype(np.int64))
-        local = local.to(self.device, non_blocking=True)
+        window = span[start:start + self.local_tokens + 1]
+        if self._pinned:
+            i, self._turn = self._turn, self._turn ^ 1
+            if self._copied[i] is not None:
+                self._copied[i].synchronize()  # the copy out of this buffer two batches ago is done
+            self._pinned[i].numpy()[:] = window
+            local = self._pinned[i].to(self.device, non_blocking=True)
+            self._copied[i] = torch.cuda.Event()
+            self._copied[i].record()
+            local = local.long()
+        else:
+            local = torch.from_numpy(window.astype(np.int64))
         inputs = local[:-1].view(-1, self.seq_len)
         targets = local[1:].view(-1, self.seq_len)
         return inputs, targets

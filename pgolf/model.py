@@ -1,24 +1,29 @@
-"""A small GPT in the nanoGPT style: one screen per concept.
+"""A small GPT in the nanoGPT style, with the SP8192 record stack's techniques as config switches.
 
-Token embedding -> N residual blocks (RMSNorm -> grouped-query rotary attention, RMSNorm -> relu² MLP)
--> final RMSNorm -> tied output head (logits = h @ tok_emb.weight^T) -> logit softcap.
+Token embedding -> residual blocks (pgolf.layers) in a schedule -> final RMSNorm -> tied output head
+(logits = h @ tok_emb.weight^T) -> logit softcap.
+
+The block schedule: blocks 0..N-1 once, or, with depth recurrence on (`loop_layers`, `loop_repeats`),
+the loop segment run `loop_repeats` times in place ([0,1,2,3,4,5,4,5,4,5,6,...]). With `unet_skips` the
+schedule's first half pushes its outputs on a stack and the second half pops them (LIFO) and mixes
+them in before each block: x <- lerp(w ⊙ skip, x, sigmoid(gate)).
 
 Parameter names are an interface: GPTQ Hessians, quantization and the artifact key off them
-(blocks.{i}.attn.{q,k,v,proj}.weight, blocks.{i}.mlp.{fc,proj}.weight, blocks.{i}.{attn,mlp}_norm.weight,
-final_norm.weight, tok_emb.weight). Every Linear is bias-free.
+(blocks.{i}.attn.{q,k,v,proj}.weight, blocks.{i}.mlp.{fc,proj}.weight, tok_emb.weight, ...).
+Every Linear is bias-free.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Tied embeddings also act as the output head, so they start small: large initial logits would
-# saturate the softcap and slow the first steps.
-EMBED_INIT_STD = 0.02
+from pgolf.layers import Block, RMSNorm
+
+MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -36,6 +41,20 @@ class ModelConfig:
     rope_base: float
     logit_softcap: float
     seq_len: int
+    # Record-stack switches; the defaults are the plain model.
+    mlp_activation: str = "relu2"           # relu2 | leaky_relu2 (slope 0.5, then squared)
+    rope_dims: int | None = None            # rotary dims per head (partial RoPE); None: all of head_dim
+    qk_gain_init: float | None = None       # per-head learned gain on normalized queries; None: off
+    layer_norm_scale: bool = False          # normed sublayer inputs times 1/sqrt(block index + 1)
+    norm_weight: bool = True                # learned RMSNorm gains (the record has none)
+    resid_mix: bool = False                 # per-block x0 mix + attn/mlp output scales (record: on)
+    embed_norm: bool = False                # RMS-normalize the embedding output (record: on)
+    unet_skips: bool = False                # U-Net skips between schedule halves, learned sigmoid gates
+    xsa: bool = False                       # exclusive self-attention on every layer
+    loop_layers: list = field(default_factory=list)  # contiguous block indices to repeat, e.g. [4, 5]
+    loop_repeats: int = 1                   # passes over loop_layers when looping is on (record: 3)
+    embed_init_std: float = 0.02            # tied embedding init (record: 0.005)
+    orthogonal_init: bool = False           # orthogonal init of q, k, v, fc (record: on); else PyTorch's
 
     def __post_init__(self):
         if self.model_dim % self.num_heads:
@@ -46,6 +65,16 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.logit_softcap <= 0:
             raise ValueError(f"logit_softcap={self.logit_softcap} must be > 0")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_activation={self.mlp_activation!r}: expected one of {MLP_ACTIVATIONS}")
+        if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0):
+            raise ValueError(f"rope_dims={self.rope_dims} must be even and in 2..head_dim ({self.head_dim})")
+        self.loop_layers = [int(i) for i in self.loop_layers]
+        loop = self.loop_layers
+        if loop and (loop != list(range(loop[0], loop[-1] + 1)) or loop[0] < 0 or loop[-1] >= self.num_layers):
+            raise ValueError(f"loop_layers={loop} must be contiguous block indices in 0..{self.num_layers - 1}")
+        if self.loop_repeats < 1:
+            raise ValueError(f"loop_repeats={self.loop_repeats} must be >= 1")
 
     @property
     def head_dim(self) -> int:
@@ -55,14 +84,27 @@ class ModelConfig:
     def mlp_hidden(self) -> int:
         return int(self.mlp_mult * self.model_dim)
 
+    @property
+    def loops(self) -> bool:
+        return bool(self.loop_layers) and self.loop_repeats > 1
+
+    def schedule(self, looping: bool) -> list[int]:
+        """Physical block index of each layer application, in order."""
+        if not (looping and self.loops):
+            return list(range(self.num_layers))
+        first, last = self.loop_layers[0], self.loop_layers[-1]
+        return list(range(first)) + self.loop_layers * self.loop_repeats + list(range(last + 1, self.num_layers))
+
     @classmethod
     def from_train_cfg(cls, train_cfg: dict, vocab_size: int) -> "ModelConfig":
-        """Pick the model keys out of the `train:` config section."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "vocab_size"]
-        missing = [n for n in names if n not in train_cfg]
+        """Pick the model keys out of the `train:` config section; keys with a default may be absent."""
+        fields = [f for f in dataclasses.fields(cls) if f.name != "vocab_size"]
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in train_cfg]
         if missing:
             raise KeyError(f"train config is missing model keys: {', '.join(missing)}")
-        return cls(vocab_size=int(vocab_size), **{n: train_cfg[n] for n in names})
+        return cls(vocab_size=int(vocab_size), **{f.name: train_cfg[f.name] for f in fields if f.name in train_cfg})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,98 +119,6 @@ class ModelConfig:
 
 
 # -----------------------------------------------------------------------------------------------
-# Normalization and rotary position embedding
-
-
-class RMSNorm(nn.Module):
-    """RMS normalization with a learned per-channel gain (trained by Adam at scalar_lr)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding over the full head dimension (rotate-half convention)."""
-
-    def __init__(self, head_dim: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        # Non-persistent: derived from the config, so it stays out of the state dict and the artifact.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [batch, heads, seq, head_dim] -> same shape, rotated by position."""
-        positions = torch.arange(x.size(-2), device=x.device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq)
-        cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-# -----------------------------------------------------------------------------------------------
-# Attention and MLP
-
-
-class CausalSelfAttention(nn.Module):
-    """Grouped-query causal attention: num_kv_heads K/V heads shared by num_heads query heads."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        kv_dim = cfg.num_kv_heads * cfg.head_dim
-        self.q = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
-        self.k = nn.Linear(cfg.model_dim, kv_dim, bias=False)
-        self.v = nn.Linear(cfg.model_dim, kv_dim, bias=False)
-        self.proj = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, dim = x.shape
-        q = self.q(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        # QK RMS-norm keeps attention logits bounded whatever the weight scale Muon produces.
-        q = self.rotary(F.rms_norm(q, (self.head_dim,)))
-        k = self.rotary(F.rms_norm(k, (self.head_dim,)))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
-        return self.proj(y.transpose(1, 2).reshape(batch, seq, dim))
-
-
-class MLP(nn.Module):
-    """relu² feed-forward: fc (dim -> mlp_mult·dim), square of ReLU, proj back."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.model_dim, cfg.mlp_hidden, bias=False)
-        self.proj = nn.Linear(cfg.mlp_hidden, cfg.model_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
-
-
-class Block(nn.Module):
-    """Pre-norm residual block."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.model_dim)
-        self.attn = CausalSelfAttention(cfg)
-        self.mlp_norm = RMSNorm(cfg.model_dim)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
-
-
-# -----------------------------------------------------------------------------------------------
 # The model
 
 
@@ -177,37 +127,72 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = RMSNorm(cfg.model_dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = RMSNorm(cfg.model_dim, cfg.norm_weight)
+        # Depth recurrence on: the trained model's final state (training may switch it on part-way).
+        self.looping = cfg.loops
+        if cfg.unet_skips:
+            # Sized for the longest (looped) schedule; the plain schedule uses the first ones.
+            n = len(cfg.schedule(True))
+            num_skips = min(n // 2, n - n // 2)
+            self.skip_weights = nn.Parameter(torch.ones(num_skips, cfg.model_dim))
+            self.skip_gates = nn.Parameter(torch.zeros(num_skips, cfg.model_dim))
+        else:
+            self.skip_weights = self.skip_gates = None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.tok_emb.weight, std=EMBED_INIT_STD)
+        nn.init.normal_(self.tok_emb.weight, std=self.config.embed_init_std)
         for block in self.blocks:
+            if self.config.orthogonal_init:
+                for linear in (block.attn.q, block.attn.k, block.attn.v, block.mlp.fc):
+                    nn.init.orthogonal_(linear.weight)
             # Zero-init output projections: every block starts as the identity on the residual stream.
             nn.init.zeros_(block.attn.proj.weight)
             nn.init.zeros_(block.mlp.proj.weight)
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] token ids -> [batch, seq, dim] final-normed hidden states (the head's input)."""
-        x = self.tok_emb(input_ids)
-        for block in self.blocks:
-            x = block(x)
+        x = self.tok_emb(input_ids).float()  # the residual stream is fp32 (embed_bf16 stores E in bf16)
+        if self.config.embed_norm:
+            x = F.rms_norm(x, (x.size(-1),))
+        x0 = x
+        order = self.config.schedule(self.looping)
+        if self.skip_weights is None:
+            for i in order:
+                x = self.blocks[i](x, x0)
+            return self.final_norm(x)
+        half = len(order) // 2
+        skips = []
+        for i in order[:half]:
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        for j, i in enumerate(order[half:]):
+            if skips:
+                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
+                x = torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
+            x = self.blocks[i](x, x0)
         return self.final_norm(x)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied output head plus softcap, in float32: logits = cap · tanh(h Eᵀ / cap)."""
-        logits = F.linear(hidden, self.tok_emb.weight).float()
+        weight = self.tok_emb.weight
+        if not torch.is_autocast_enabled(hidden.device.type):
+            weight = weight.to(hidden.dtype)
+        logits = F.linear(hidden, weight).float()
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden_states(input_ids))
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits, or with targets the mean cross-entropy (the form DDP and torch.compile wrap)."""
+        if target_ids is None:
+            return self.head(self.hidden_states(input_ids))
+        return self.loss(input_ids, target_ids)
 
     def loss(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy in nats (float32). reduction="none" gives per-token losses shaped like target_ids."""
-        logits = self(input_ids)
+        logits = self.head(self.hidden_states(input_ids))
         losses = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction
         )

@@ -5,9 +5,14 @@ few Newton–Schulz iterations of a quintic polynomial that pushes every singula
 quintic's coefficients trade exactness for speed: singular values land in roughly [0.7, 1.2], which is
 fine for an update direction and needs only matmuls (bf16 on GPU).
 
-With several ranks, parameters are dealt round-robin: each rank orthogonalizes its share, writes it into
-a flat buffer of zeros, and one all_reduce (sum) hands every rank every update. Gradients must already
-be averaged over ranks before `step()`.
+MuonEq-R (`row_norm`): before Newton–Schulz every row of the momentum is scaled to unit L2 norm, so
+each output unit gets an equal share of the update.
+
+Speed: matrices of the same (wide-oriented) shape are stacked and orthogonalized together with batched
+matmuls, so an 11-layer model costs three batched Newton–Schulz runs instead of 66 small ones. With
+several ranks the stack is dealt out: rank r orthogonalizes matrices r, r+W, ...; each rank writes its
+updates into a flat bf16 buffer of zeros, and one all_reduce (sum) hands every rank every update.
+Gradients must already be averaged over ranks before `step()`.
 """
 from __future__ import annotations
 
@@ -17,36 +22,60 @@ import torch.distributed as dist
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
+def newton_schulz(x: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximate polar factor of each matrix of a [..., rows, cols] stack with rows <= cols."""
+    a, b, c = NS_COEFFS
+    # Frobenius normalization bounds the spectral norm by 1, inside the iteration's basin.
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
 def orthogonalize(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate polar factor U Vᵀ of a 2-D matrix by quintic Newton–Schulz iteration."""
+    """Approximate polar factor U Vᵀ of a 2-D matrix (bf16 on GPU, fp32 on CPU)."""
     if grad.ndim != 2:
         raise ValueError(f"orthogonalize expects a 2-D matrix, got shape {tuple(grad.shape)}")
-    a, b, c = NS_COEFFS
     # bf16 matmuls are fast and accurate enough on GPU; CPU bf16 matmul is slow, so keep fp32 there.
     x = grad.to(torch.bfloat16 if grad.is_cuda else torch.float32)
-    # Frobenius normalization bounds the spectral norm by 1, inside the iteration's basin.
-    x = x / (x.norm() + eps)
     tall = x.size(0) > x.size(1)
     if tall:  # iterate on the wide orientation so X Xᵀ is the smaller Gram matrix
         x = x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = newton_schulz(x, steps, eps)
     return x.T if tall else x
 
 
+def row_normalize(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """MuonEq-R: every row (output unit) of each matrix scaled to unit L2 norm, in fp32."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D parameters. lr is the step size of an orthogonal update (spectral norm ≈ lr)."""
+    """Muon for 2-D parameters. lr is the step size of an orthogonal update (spectral norm ≈ lr).
+
+    compile=True runs the batched Newton–Schulz through torch.compile (GPU path)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0):
+                 ns_steps: int = 5, weight_decay: float = 0.0, row_norm: bool = False, compile: bool = False):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, row_norm=row_norm)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon handles 2-D matrices only, got shape {tuple(p.shape)}")
+        self._ns = torch.compile(newton_schulz, dynamic=False) if compile else newton_schulz
+
+    @staticmethod
+    def _buckets(params: list) -> dict:
+        """Indices of params by wide-oriented shape: (rows, cols) with rows <= cols."""
+        buckets: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            shape = tuple(sorted(p.shape))
+            buckets.setdefault(shape, []).append(i)
+        return buckets
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -59,34 +88,54 @@ class Muon(torch.optim.Optimizer):
         rank = dist.get_rank() if distributed else 0
 
         for group in self.param_groups:
-            params = group["params"]
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
-            offset = 0
-            for i, p in enumerate(params):
-                if i % world_size == rank and p.grad is not None:
-                    flat[offset:offset + p.numel()] = self._update(p, group).flatten()
-                offset += p.numel()
+            mu = group["momentum"]
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                bufs.append(state["momentum_buffer"])
+            grads = [p.grad for p in params]
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, grads)
+            # Nesterov: look ahead along the momentum.
+            directions = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+
+            on_gpu = params[0].is_cuda
+            work_dtype = torch.bfloat16 if on_gpu else torch.float32
+            sizes = [p.numel() for p in params]
+            offsets = [0]
+            for n in sizes:
+                offsets.append(offsets[-1] + n)
+            flat = torch.zeros(offsets[-1], dtype=work_dtype, device=params[0].device)
+            for shape, idx in self._buckets(params).items():
+                mine = idx[rank::world_size]
+                if not mine:
+                    continue
+                stack = []
+                for i in mine:
+                    d = directions[i]
+                    if group["row_norm"]:
+                        d = row_normalize(d)  # rows of the parameter as stored: its output units
+                    d = d.to(work_dtype)
+                    stack.append(d.T if d.size(0) > d.size(1) else d)
+                out = self._ns(torch.stack(stack), group["ns_steps"])
+                for j, i in enumerate(mine):
+                    p = params[i]
+                    o = out[j].T if p.size(0) > p.size(1) else out[j]
+                    # Tall matrices get comparable per-entry steps.
+                    o = o * max(1.0, p.size(0) / p.size(1)) ** 0.5
+                    flat[offsets[i]:offsets[i + 1]] = o.reshape(-1)
             if world_size > 1:
                 dist.all_reduce(flat)
 
-            offset = 0
-            for p in params:
-                update = flat[offset:offset + p.numel()].view_as(p)
-                offset += p.numel()
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled, as in AdamW
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+            updates = [flat[offsets[i]:offsets[i + 1]].view_as(p) for i, p in enumerate(params)]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])  # decoupled, as in AdamW
+            if work_dtype != params[0].dtype:
+                updates = [u.to(params[0].dtype) for u in updates]
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
         return loss
-
-    def _update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """Momentum, then orthogonalize, then rescale so tall matrices get comparable per-entry steps."""
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        buf = state["momentum_buffer"]
-        buf.mul_(group["momentum"]).add_(p.grad)
-        grad = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-        update = orthogonalize(grad, steps=group["ns_steps"]).float()
-        return update * max(1.0, p.size(0) / p.size(1)) ** 0.5

@@ -73,3 +73,21 @@ def test_params_lookup_by_key(cfg):
     assert table.params("quant", key)["bits"] == 5
     with pytest.raises(KeyError, match="no ablation has quant key"):
         table.params("quant", "0000000000")
+
+
+def test_challenge_config_validates_and_each_ablation_switches_one_thing_off():
+    cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())
+    validate(cfg, str(SCHEMA_PATH))
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    record = table.ablations["record"]
+    train = record.cfg["train"]
+    assert (train["num_layers"], train["model_dim"], train["num_heads"], train["num_kv_heads"]) == (11, 512, 8, 4)
+    assert cfg["tokenizer"]["vocab_size"] == 8192 and train["batch_tokens"] == 786432 and train["seq_len"] == 2048
+    assert train["loop_layers"] == [4, 5] and train["loop_repeats"] == 3 and train["xsa"] and train["unet_skips"]
+    assert table.ablations["rtn"].keys["train"] == record.keys["train"]  # quant-only: shares the models
+    for name in ("no_xsa", "no_loop", "no_unet", "relu2"):
+        assert table.ablations[name].keys["train"] != record.keys["train"]
+        assert table.ablations[name].keys["shards"] == record.keys["shards"]
+    from pgolf.model import ModelConfig
+    model_cfg = ModelConfig.from_train_cfg(train, cfg["tokenizer"]["vocab_size"])
+    assert model_cfg.schedule(True) == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5, 6, 7, 8, 9, 10]

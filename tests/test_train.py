@@ -8,7 +8,7 @@ import torch
 from pgolf.hessians import EMBED_KEY, NUM_TOKENS_KEY
 from pgolf.launch import TRAIN_FILES, launch_env, run_train, torchrun_command
 from pgolf.model import build_model
-from pgolf.train import lr_scale, train
+from pgolf.train import lr_scale, muon_momentum, train, TRAIN_DEFAULTS
 
 TINY = dict(nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
             rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1, max_steps=20,
@@ -152,3 +152,59 @@ def test_failed_launch_raises_and_leaves_no_outputs(tiny_corpus, tmp_path):
                   outputs, log_path, nproc=1, threads=1)
     assert "non-finite training loss" in log_path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage.log"]
+
+
+RECORD_SWITCHES = dict(mlp_activation="leaky_relu2", rope_dims=8, qk_gain_init=4.0, layer_norm_scale=True,
+                       norm_weight=False, resid_mix=True, embed_norm=True, unet_skips=True, xsa=True,
+                       loop_layers=[1], loop_repeats=3, loop_start_frac=0.5, embed_init_std=0.005,
+                       orthogonal_init=True, muon_row_norm=True, muon_momentum_warmup_start=0.85,
+                       muon_momentum_warmup_steps=5, embed_weight_decay=0.085, scalar_weight_decay=0.02,
+                       grad_clip_norm=0.3, gptq_reserve_seconds=0.5, warmup_steps=0, sync_every_steps=3)
+
+
+def test_muon_momentum_warmup():
+    cfg = dict(TRAIN_DEFAULTS, muon_momentum=0.99, muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500)
+    assert muon_momentum(0, cfg) == pytest.approx(0.92)
+    assert muon_momentum(750, cfg) == pytest.approx(0.955)
+    assert muon_momentum(3000, cfg) == pytest.approx(0.99)
+    assert muon_momentum(0, dict(cfg, muon_momentum_warmup_start=None)) == 0.99
+
+
+def test_record_stack_switches_train_and_loop_from_half_way(tiny_corpus, tmp_path):
+    cfg = dict(TINY, num_layers=3, max_steps=12, log_every=4, **RECORD_SWITCHES)
+    summary = train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+    assert summary["loop_start_step"] == 6 and summary["steps"] == 12
+    log_text = (tmp_path / "train.log").read_text()
+    assert "depth recurrence on at step 6" in log_text and "[0, 1, 1, 1, 2]" in log_text
+    losses = logged_losses(log_text)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    ckpt = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    assert model.looping and ckpt["model_config"]["xsa"]  # evaluation runs the looped model
+    hessians = torch.load(tmp_path / "hessians.pt", map_location="cpu", weights_only=True)
+    assert set(k for k in hessians if k.startswith("blocks.")) == {
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) for n in [n + ".weight"]}
+
+
+def test_grad_clip_bounds_the_update(tiny_corpus, tmp_path):
+    """A clip far below the gradient norm changes the trained weights (through momentum and Adam's moments)."""
+    base = dict(TINY, max_steps=3, warmup_steps=0)
+    states = []
+    for clip in (0.0, 1e-3):
+        train(dict(base, grad_clip_norm=clip), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
+              tmp_path / str(clip), seed=1)
+        states.append(torch.load(tmp_path / str(clip) / "model.pt", weights_only=True)["state_dict"])
+    assert any(not torch.allclose(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_compile_warmup_restores_the_initial_state(tiny_corpus, tmp_path):
+    """Untimed warm-up steps (both graph variants) leave weights, optimizer state and data order as before."""
+    base = dict(TINY, max_steps=4, warmup_steps=0, loop_layers=[0], loop_repeats=2, loop_start_frac=0.5)
+    states = []
+    for warm in (0, 2):
+        train(dict(base, compile_warmup_steps=warm), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
+              tmp_path / str(warm), seed=1)
+        states.append(torch.load(tmp_path / str(warm) / "model.pt", weights_only=True)["state_dict"])
+    for k in states[0]:
+        torch.testing.assert_close(states[1][k], states[0][k], msg=k)

@@ -1,0 +1,70 @@
+"""GPU-path helpers for the train stage: TF32, the attention backend (cuDNN SDPA first), bf16 autocast
+and torch.compile. Nothing here changes the CPU path, which the tests exercise."""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from pgolf.layers import set_attention_backend
+
+BACKEND_NAMES = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+def _backend(name: str):
+    from torch.nn.attention import SDPBackend
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+
+
+def _attention_works(device: torch.device, backend, gqa_native: bool) -> bool:
+    """One small causal GQA forward + backward in bf16 on `backend`; False if it raises."""
+    from torch.nn.attention import sdpa_kernel
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(2, 8, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        k = torch.randn(2, 4, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        v = torch.randn(2, 4, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        kk, vv = (k, v) if gqa_native else (k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+        with sdpa_kernel([backend]):
+            out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa_native)
+        out.float().square().sum().backward()
+        ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(2, 1),
+                                             v.float().repeat_interleave(2, 1), is_causal=True)
+        torch.cuda.synchronize(device)
+        return bool(torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2))
+    except Exception as exc:  # the backend refuses this shape or dtype
+        print(f"[pgolf.fastpath] {backend} gqa_native={gqa_native}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+
+
+def configure_cuda(device: torch.device, attention_backend: str = "auto") -> str:
+    """TF32 matmuls, and the fastest attention backend that works here; returns a description."""
+    if attention_backend not in BACKEND_NAMES:
+        raise ValueError(f"train.attention_backend={attention_backend!r}: expected one of {BACKEND_NAMES}")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    names = ["cudnn", "flash"] if attention_backend == "auto" else [attention_backend]
+    for name in names:
+        for native in (True, False):
+            if _attention_works(device, _backend(name), native):
+                set_attention_backend([_backend(name)], native)
+                return f"{name} ({'native' if native else 'repeated'} GQA)"
+    set_attention_backend(None, True)
+    return "pytorch default"
+
+
+def autocast_ctx(device: torch.device):
+    """bf16 autocast on CUDA (matmuls and attention in bf16, loss in fp32); nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool):
+    """torch.compile with static shapes (every batch has the same shape); the module itself if disabled."""
+    if not enabled:
+        return module
+    return torch.compile(module, dynamic=False)
