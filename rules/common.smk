@@ -1,6 +1,8 @@
 # Path templates and input functions shared by the rule files.
-# Every stage's directory is keyed by a hash of the config it depends on (pgolf.config.STAGE_SECTIONS),
-# so ablations share upstream artifacts and a config change re-runs only what it touches.
+# Every stage's directory is keyed by a hash of the config it and its upstream stages read
+# (pgolf.config.STAGE_SECTIONS), so ablations share upstream artifacts and a config change
+# re-runs only what it touches.
+
 
 wildcard_constraints:
     docs_key="[0-9a-f]{10}",
@@ -14,35 +16,33 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-DOCS_DIR = "results/docs/{docs_key}"
-TOK_DIR = "results/tokenizer/{tok_key}"
-SHARDS_DIR = "results/shards/{shards_key}"
-TRAIN_DIR = "results/train/{train_key}/seed{seed}"
-QUANT_DIR = "results/quant/{quant_key}/seed{seed}"
-ARTIFACT_DIR = "results/artifact/{compress_key}/seed{seed}"
-EVAL_DIR = "results/eval/{eval_key}/seed{seed}"
-PREQUANT_DIR = "results/eval_prequant/{prequant_key}/seed{seed}"
-LOG_DIR = "results/logs"
+DOCS_JSONL = "results/docs/{docs_key}/docs.jsonl"
+DOCS_META = "results/docs/{docs_key}/docs.json"
+TOKENIZER_MODEL = "results/tokenizer/{tok_key}/tokenizer.model"
+TOKENIZER_META = "results/tokenizer/{tok_key}/tokenizer.json"
+TRAIN_SHARDS = "results/shards/{shards_key}/train"
+VAL_SHARDS = "results/shards/{shards_key}/val"
+SHARDS_MANIFEST = "results/shards/{shards_key}/manifest.json"
+MODEL_PT = "results/train/{train_key}/seed{seed}/model.pt"
+HESSIANS_PT = "results/train/{train_key}/seed{seed}/hessians.pt"
+TRAIN_LOG = "results/train/{train_key}/seed{seed}/train.log"
+TRAIN_JSON = "results/train/{train_key}/seed{seed}/train.json"
+QUANT_BIN = "results/quant/{quant_key}/seed{seed}/quant.bin"
+QUANT_JSON = "results/quant/{quant_key}/seed{seed}/quant.json"
+ARTIFACT_BLOB = "results/artifact/{compress_key}/seed{seed}/model.blob"
+ARTIFACT_CODE = "results/artifact/{compress_key}/seed{seed}/code.py"
+ARTIFACT_JSON = "results/artifact/{compress_key}/seed{seed}/artifact.json"
+EVAL_JSON = "results/eval/{eval_key}/seed{seed}/eval.json"
+PREQUANT_JSON = "results/eval_prequant/{prequant_key}/seed{seed}/eval.json"
 
 SUMMARY_TSV = "results/ablation_summary.tsv"
 SUMMARY_PARQUET = "results/ablation_summary.parquet"
 INDEX_TSV = "results/index.tsv"
+# Written by the RunPod executor beside the workflow's outputs; not a workflow output itself.
+POD_REPORTS_DIR = "results/pods"
 
-
-def upstream(stage, key_wildcard, target_stage, template, **extra):
-    """Input function: the `target_stage` file that the stage keyed by `key_wildcard` reads."""
-
-    def resolve(wildcards):
-        key = RUNS.upstream_key(stage, getattr(wildcards, key_wildcard), target_stage)
-        fields = {f"{_WILDCARD_OF[target_stage]}": key, **extra}
-        if "{seed}" in template:
-            fields["seed"] = wildcards.seed
-        return template.format(**fields)
-
-    return resolve
-
-
-_WILDCARD_OF = {
+# The wildcard that carries each stage's key.
+KEY_WILDCARD = {
     "docs": "docs_key",
     "tokenizer": "tok_key",
     "shards": "shards_key",
@@ -54,11 +54,70 @@ _WILDCARD_OF = {
 }
 
 
-def stage_params(stage, key_wildcard):
-    return lambda wildcards: RUNS.params(stage, getattr(wildcards, key_wildcard))
+def upstream_path(stage, wildcards, target_stage, template):
+    """The `target_stage` file that the job of `stage` (keyed by its wildcard) reads."""
+    key = RUNS.upstream_key(stage, getattr(wildcards, KEY_WILDCARD[stage]), target_stage)
+    fields = {KEY_WILDCARD[target_stage]: key}
+    if "{seed}" in template:
+        fields["seed"] = wildcards.seed
+    return template.format(**fields)
+
+
+def upstream(stage, target_stage, template):
+    """Input function form of upstream_path."""
+    return lambda wildcards: upstream_path(stage, wildcards, target_stage, template)
+
+
+def stage_params(stage):
+    """The config section a stage's script reads, for the job's key."""
+    return lambda wildcards: RUNS.params(stage, getattr(wildcards, KEY_WILDCARD[stage]))
+
+
+def stage_config(stage, wildcards):
+    """The whole resolved config of (any) ablation with this job's key."""
+    return RUNS.ablation_for(stage, getattr(wildcards, KEY_WILDCARD[stage])).cfg
+
+
+def tokenizer_inputs(wildcards):
+    """Docs only when the tokenizer is trained here (not a given file or the published one)."""
+    cfg = RUNS.params("tokenizer", wildcards.tok_key)
+    if cfg["model"] or cfg["hf_repo"]:
+        return {}
+    return {"docs": upstream_path("tokenizer", wildcards, "docs", DOCS_JSONL)}
+
+
+def shards_inputs(wildcards):
+    """Docs only when the shards are built here; published shards need just the tokenizer."""
+    inputs = {"tokenizer": upstream_path("shards", wildcards, "tokenizer", TOKENIZER_MODEL)}
+    if RUNS.params("shards", wildcards.shards_key)["source"] == "build":
+        inputs["docs"] = upstream_path("shards", wildcards, "docs", DOCS_JSONL)
+    return inputs
 
 
 def train_gpus(wildcards):
     """GPUs a train job asks the executor for: one per torchrun process on CUDA, none on CPU."""
     cfg = RUNS.params("train", wildcards.train_key)
     return cfg["nproc"] if cfg["device"] == "cuda" else 0
+
+
+def eval_gpus(stage):
+    """Eval runs one process: one GPU when the config trains on CUDA."""
+    return lambda wildcards: 1 if stage_config(stage, wildcards)["train"]["device"] == "cuda" else 0
+
+
+def seed_rows():
+    """One row per (ablation, seed) naming every JSON the aggregate reads, plus the stage keys."""
+    rows = []
+    for ablation in RUNS.ablations.values():
+        k = ablation.keys
+        for seed in RUNS.seeds:
+            rows.append({
+                "ablation": ablation.name,
+                "seed": seed,
+                "keys": k,
+                "train": TRAIN_JSON.format(train_key=k["train"], seed=seed),
+                "artifact": ARTIFACT_JSON.format(compress_key=k["compress"], seed=seed),
+                "eval": EVAL_JSON.format(eval_key=k["eval"], seed=seed),
+                "prequant": PREQUANT_JSON.format(prequant_key=k["prequant"], seed=seed),
+            })
+    return rows

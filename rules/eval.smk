@@ -1,40 +1,40 @@
 # eval: the model is rebuilt from the compressed artifact alone, so the score is the score of what
-# would be submitted. prequant scores the unquantized EMA model with the same settings (the gap).
+# would be submitted. eval_prequant scores the unquantized EMA model with the same settings (the gap).
 
 
 rule eval:
     input:
-        blob=upstream("eval", "eval_key", "compress", ARTIFACT_DIR + "/model.blob"),
-        val=upstream("eval", "eval_key", "shards", SHARDS_DIR + "/val"),
-        tokenizer=upstream("eval", "eval_key", "tokenizer", TOK_DIR + "/tokenizer.model"),
+        blob=upstream("eval", "compress", ARTIFACT_BLOB),
+        val=upstream("eval", "shards", VAL_SHARDS),
+        tokenizer=upstream("eval", "tokenizer", TOKENIZER_MODEL),
     output:
-        summary=EVAL_DIR + "/eval.json",
+        summary=EVAL_JSON,
     params:
-        cfg=stage_params("eval", "eval_key"),
+        cfg=stage_params("eval"),
         mode="artifact",
-        device=lambda w: RUNS.ablation_for("eval", w.eval_key).cfg["train"]["device"],
+        device=lambda w: stage_config("eval", w)["train"]["device"],
     resources:
-        gpu=lambda w: 1 if RUNS.ablation_for("eval", w.eval_key).cfg["train"]["device"] == "cuda" else 0,
+        gpu=eval_gpus("eval"),
     log:
-        LOG_DIR + "/eval/{eval_key}_seed{seed}.log",
+        "results/logs/eval/{eval_key}_seed{seed}.log",
     script:
         "../workflow/scripts/eval.py"
 
 
 rule eval_prequant:
     input:
-        model=upstream("prequant", "prequant_key", "train", TRAIN_DIR + "/model.pt"),
-        val=upstream("prequant", "prequant_key", "shards", SHARDS_DIR + "/val"),
-        tokenizer=upstream("prequant", "prequant_key", "tokenizer", TOK_DIR + "/tokenizer.model"),
+        model=upstream("prequant", "train", MODEL_PT),
+        val=upstream("prequant", "shards", VAL_SHARDS),
+        tokenizer=upstream("prequant", "tokenizer", TOKENIZER_MODEL),
     output:
-        summary=PREQUANT_DIR + "/eval.json",
+        summary=PREQUANT_JSON,
     params:
-        cfg=stage_params("prequant", "prequant_key"),
+        cfg=stage_params("prequant"),
         mode="prequant",
-        device=lambda w: RUNS.ablation_for("prequant", w.prequant_key).cfg["train"]["device"],
+        device=lambda w: stage_config("prequant", w)["train"]["device"],
     resources:
-        gpu=lambda w: 1 if RUNS.ablation_for("prequant", w.prequant_key).cfg["train"]["device"] == "cuda" else 0,
+        gpu=eval_gpus("prequant"),
     log:
-        LOG_DIR + "/eval_prequant/{prequant_key}_seed{seed}.log",
+        "results/logs/eval_prequant/{prequant_key}_seed{seed}.log",
     script:
         "../workflow/scripts/eval.py"

@@ -3,29 +3,29 @@
 
 rule quantize:
     input:
-        model=upstream("quant", "quant_key", "train", TRAIN_DIR + "/model.pt"),
-        hessians=upstream("quant", "quant_key", "train", TRAIN_DIR + "/hessians.pt"),
+        model=upstream("quant", "train", MODEL_PT),
+        hessians=upstream("quant", "train", HESSIANS_PT),
     output:
-        quant=QUANT_DIR + "/quant.bin",
-        summary=QUANT_DIR + "/quant.json",
+        quant=QUANT_BIN,
+        summary=QUANT_JSON,
     params:
-        cfg=stage_params("quant", "quant_key"),
+        cfg=stage_params("quant"),
     log:
-        LOG_DIR + "/quant/{quant_key}_seed{seed}.log",
+        "results/logs/quant/{quant_key}_seed{seed}.log",
     script:
         "../workflow/scripts/quantize.py"
 
 
 rule compress:
     input:
-        quant=upstream("compress", "compress_key", "quant", QUANT_DIR + "/quant.bin"),
+        quant=upstream("compress", "quant", QUANT_BIN),
     output:
-        blob=ARTIFACT_DIR + "/model.blob",
-        code=ARTIFACT_DIR + "/code.py",
-        summary=ARTIFACT_DIR + "/artifact.json",
+        blob=ARTIFACT_BLOB,
+        code=ARTIFACT_CODE,
+        summary=ARTIFACT_JSON,
     params:
-        cfg=stage_params("compress", "compress_key"),
+        cfg=stage_params("compress"),
     log:
-        LOG_DIR + "/compress/{compress_key}_seed{seed}.log",
+        "results/logs/compress/{compress_key}_seed{seed}.log",
     script:
         "../workflow/scripts/compress.py"

@@ -4,19 +4,19 @@
 
 rule train:
     input:
-        train=upstream("train", "train_key", "shards", SHARDS_DIR + "/train"),
-        tokenizer=upstream("train", "train_key", "tokenizer", TOK_DIR + "/tokenizer.model"),
+        train=upstream("train", "shards", TRAIN_SHARDS),
+        tokenizer=upstream("train", "tokenizer", TOKENIZER_MODEL),
     output:
-        model=TRAIN_DIR + "/model.pt",
-        hessians=TRAIN_DIR + "/hessians.pt",
-        log_txt=TRAIN_DIR + "/train.log",
-        summary=TRAIN_DIR + "/train.json",
+        model=MODEL_PT,
+        hessians=HESSIANS_PT,
+        log_txt=TRAIN_LOG,
+        summary=TRAIN_JSON,
     params:
-        cfg=stage_params("train", "train_key"),
+        cfg=stage_params("train"),
     resources:
         gpu=train_gpus,
         runtime=30,
     log:
-        LOG_DIR + "/train/{train_key}_seed{seed}.log",
+        "results/logs/train/{train_key}_seed{seed}.log",
     script:
         "../workflow/scripts/train.py"

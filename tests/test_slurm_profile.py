@@ -12,9 +12,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Like pgolf's train rule, the job's GPU count is its own resource (from train.nproc); the
+# profile adds the model, time and partition.
 SNAKEFILE = """
 rule train:
     output: "model.txt"
+    resources: gpu=8
     shell: "touch {output}"
 """
 
@@ -55,7 +58,7 @@ def test_sbatch_arguments_for_train(tmp_path):
     assert argv_file.exists(), out[-3000:]
     call = " ".join(argv_file.read_text().split("\n"))
     set_train = profile["set-resources"]["train"]
-    assert f"--gpus={set_train['gpu_model']}:{set_train['gpu']}" in call
+    assert f"--gpus={set_train['gpu_model']}:8" in call
     assert f"-t {set_train['runtime']}" in call
     assert f"-p {profile['default-resources']['slurm_partition']}" in call
     assert f"--mem {set_train['mem_mb']}" in call
