@@ -68,3 +68,31 @@ def maybe_compile(module: torch.nn.Module, enabled: bool):
     if not enabled:
         return module
     return torch.compile(module, dynamic=False)
+
+
+class StepProfiler:
+    """torch.profiler over the training steps named by PGOLF_PROFILE_STEPS="first:last" (1-based,
+    inclusive; benchmarks only): prints the top kernels by device time on rank 0 after `last`."""
+
+    def __init__(self, spec: str | None, enabled: bool):
+        self.first = self.last = None
+        self.prof = None
+        if spec and enabled:
+            first, _, last = spec.partition(":")
+            self.first, self.last = int(first), int(last or first)
+
+    def before(self, step: int) -> None:
+        if self.first is not None and step == self.first:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+
+    def after(self, step: int) -> None:
+        if self.prof is not None and step == self.last:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70)
+            print(f"# profile of steps {self.first}..{self.last}\n{table}", flush=True)
+            self.prof = None

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pgolf import io
-from pgolf.fastpath import autocast_ctx, configure_cuda, maybe_compile
+from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
 from pgolf.hessians import collect_hessians
 from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
@@ -308,6 +308,7 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     last_log_step, last_log_elapsed = 0, 0.0
     bar = tqdm(total=max_steps, disable=rank != 0, file=sys.stderr, desc="train", mininterval=1.0)
     clock = Clock(device, world_size)
+    profiler = StepProfiler(os.environ.get("PGOLF_PROFILE_STEPS"), rank == 0)
     while step < max_steps:
         elapsed = clock.estimate(step)
         # Wall-clock aware progress: whichever budget (steps or seconds left for training) runs out first.
@@ -318,9 +319,11 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
                 f"schedule {model_config.schedule(True)}")
         scale = lr_scale(step, progress, cfg["warmup_steps"], cfg["warmdown_frac"])
         set_schedules(optimizers, scale, muon_momentum(step, cfg))
+        profiler.before(step + 1)
         loss_sum = train_step(loader)
         ema.update()
         step += 1
+        profiler.after(step)
         bar.update(1)
         is_log = step % cfg["log_every"] == 0 or step == max_steps
         near_end = clock.estimate(step) + 2 * clock.step_seconds + reserve_seconds >= budget_seconds
@@ -342,7 +345,7 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
                                              f"lower the learning rates or check the data")
                 step_ms = 1000 * (elapsed - last_log_elapsed) / (step - last_log_step)
                 log(f"step {step}/{max_steps} loss {loss_value:.4f} lr_scale {scale:.3f} step_ms {step_ms:.1f} "
-                    f"tokens_per_s {cfg['batch_tokens'] / (step_ms / 1000):.0f} elapsed_s {elapsed:.1f}")
+                    f"tokens_per_s {cfg['batch_tokens'] / (step_ms / 1000):.0f} elapsed_s {elapsed:.3f}")
                 bar.set_postfix(loss=f"{loss_value:.3f}")
                 last_log_step, last_log_elapsed = step, elapsed
             # Stop once the remaining time could not also cover the Hessian batches.
