@@ -12,3 +12,5 @@ summary = write_summary(
 table = format_table(summary)
 logging.info("summary:\n%s", table)
 print(table)
+print(f"\npgolf: summary written to {snakemake.output.tsv} (columns: README.md, 'Summary columns'); "
+      "for an HTML report run: snakemake --report report.html")

@@ -1,0 +1,148 @@
+"""End-to-end: the whole DAG on a shrunken embedded default, then dry runs that prove the caching.
+
+One real run (module fixture, about a minute on 2 cores) in a copy of the workflow; every other test
+reads its results or asks Snakemake what it *would* do with `-n`.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = "results/ablation_summary.tsv"
+
+SMALL = {
+    "seeds": [1, 2],
+    "docs": {"num_docs": 240, "num_val_docs": 24},
+    "tokenizer": {"vocab_size": 384},
+    "shards": {"tokens_per_shard": 20000},
+    "train": {"max_steps": 8, "batch_tokens": 2048, "log_every": 4, "hessian_batches": 2},
+    "eval": {"batch_seqs": 64},
+}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", SUMMARY, "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run (rule name, count)."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M))
+    counts.pop("total", None)
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def write_config(workdir: Path, cfg: dict, name: str) -> str:
+    path = workdir / "config" / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path.relative_to(workdir))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    for item in ("Snakefile", "rules", "workflow", "config", "docs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    small = merged(base, SMALL)
+    configfile = write_config(workdir, small, "small.yaml")
+    snakemake(workdir, "--configfile", configfile)
+    return workdir, small, configfile
+
+
+def test_summary_has_one_row_per_ablation_with_valid_numbers(run):
+    workdir, cfg, _ = run
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t")
+    assert sorted(summary["ablation"]) == sorted(cfg["ablations"])
+    assert (summary["n_seeds"] == len(cfg["seeds"])).all()
+    assert summary["fits_16mb"].all()
+    assert ((summary["val_bpb_mean"] > 0) & (summary["val_bpb_mean"] < 20)).all()
+    base = summary.set_index("ablation").loc["baseline"]
+    assert base["delta_bpb_vs_baseline"] == 0
+    # quantization can only lose information: the int5 variant is no better than its own pre-quant model
+    int5 = summary.set_index("ablation").loc["quant_int5"]
+    assert int5["pre_quant_bpb_mean"] == pytest.approx(base["pre_quant_bpb_mean"])
+    assert pd.read_parquet(workdir / "results/ablation_summary.parquet").shape == summary.shape
+    index = pd.read_csv(workdir / "results/index.tsv", sep="\t")
+    assert len(index) == len(cfg["ablations"]) * len(cfg["seeds"])
+
+
+def test_second_run_has_nothing_to_do(run):
+    workdir, _, configfile = run
+    assert job_counts(snakemake(workdir, "-n", "--configfile", configfile)) == {}
+
+
+def test_quant_change_reruns_only_quantize_compress_eval_aggregate(run):
+    workdir, cfg, _ = run
+    changed = write_config(workdir, merged(cfg, {"quant": {**cfg["quant"], "bits": 4}}), "quant4.yaml")
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", changed))
+    # baseline and mlp3 re-quantize; quant_int5 overrides the bits and keeps its artifacts
+    n = 2 * len(cfg["seeds"])
+    assert counts == {"quantize": n, "compress": n, "eval": n, "aggregate": 1}
+
+
+def test_eval_change_reruns_only_eval_and_aggregate(run):
+    workdir, cfg, _ = run
+    changed = write_config(workdir, merged(cfg, {"eval": {**cfg["eval"], "stride": 32}}), "stride32.yaml")
+    counts = job_counts(snakemake(workdir, "-n", "--configfile", changed))
+    seeds = len(cfg["seeds"])
+    assert counts == {"eval": 3 * seeds, "eval_prequant": 2 * seeds, "aggregate": 1}
+
+
+def test_train_jobs_never_read_validation_shards(run):
+    workdir, _, configfile = run
+    proc = snakemake(workdir, "-n", "--forceall", "--configfile", configfile)
+    blocks = re.findall(r"rule train:\n(.*?)(?:\n\n|\Z)", proc.stdout, flags=re.S)
+    assert blocks, "dry run printed no train job"
+    for block in blocks:
+        inputs = re.search(r"input: (.*)", block).group(1)
+        assert "/train" in inputs and "/val" not in inputs and "docs.jsonl" not in inputs
+
+
+def test_malformed_config_stops_before_any_job_naming_the_key(run):
+    workdir, cfg, _ = run
+    bad = write_config(workdir, merged(cfg, {"quant": {**cfg["quant"], "bitz": 5}}), "bad.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", bad, check=False)
+    assert proc.returncode != 0
+    assert "bitz" in proc.stderr + proc.stdout
+    assert "Job stats" not in proc.stdout
+
+
+def test_corrupt_shard_fails_the_job_with_the_file_named_and_no_partial_output(run):
+    workdir, cfg, configfile = run
+    train_dirs = sorted((workdir / "results" / "shards").glob("*/train"))
+    shard = sorted(train_dirs[0].glob("*.bin"))[0]
+    original = shard.read_bytes()
+    try:
+        shard.write_bytes(b"\x00" * 4 + original[4:])  # wrong magic
+        proc = snakemake(workdir, "--configfile", configfile, "--forcerun", "train",
+                         "--until", "train", check=False)
+        assert proc.returncode != 0
+        failed = [log for log in (workdir / "results/logs/train").glob("*.log") if shard.name in log.read_text()]
+        assert failed, "no train log names the corrupt shard"
+        assert "magic" in failed[0].read_text().lower()
+        train_key, seed = re.fullmatch(r"(\w+)_seed(\d+)\.log", failed[0].name).groups()
+        assert not list((workdir / "results/train" / train_key / f"seed{seed}").glob("*")), "partial outputs left"
+    finally:
+        shard.write_bytes(original)
