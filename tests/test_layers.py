@@ -17,12 +17,7 @@ SWITCHES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_with(seed=0, randomize=True, **kw) -> GPT:

@@ -11,12 +11,7 @@ TRAIN_CFG = dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mu
 VOCAB = 97
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_model(seed: int = 0, **overrides) -> GPT:

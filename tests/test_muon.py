@@ -4,12 +4,7 @@ import torch
 from pgolf.muon import Muon, orthogonalize
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (48, 48)])

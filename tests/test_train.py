@@ -18,12 +18,7 @@ SUMMARY_KEYS = {"steps", "train_seconds", "step_ms", "tokens_per_second", "peak_
                 "device", "final_train_loss", "hessian_seconds", "stopped_by"}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
