@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv with pgolf and its test extras (README command 1 runs this first; so does CI).
+# On a machine without an NVIDIA GPU it prefers a CPU build of PyTorch: a local wheel if pip's
+# find-links has one, else the PyTorch CPU index, else whatever PyPI resolves.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python3 -m venv .venv
+pip=(.venv/bin/python -m pip)
+"${pip[@]}" install --quiet --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null 2>&1; then
+    "${pip[@]}" install --quiet --no-index torch 2>/dev/null \
+        || "${pip[@]}" install --quiet --timeout 30 torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+        || true
+fi
+"${pip[@]}" install --quiet -e '.[test]'
+echo "pgolf: set up in .venv; run the embedded default with .venv/bin/snakemake --cores 2 results/ablation_summary.tsv"
