@@ -10,7 +10,11 @@ from pgolf.config import RunTable, load_schema
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless --configfile names complete configs (config/challenge.yaml, ...):
+# those replace it rather than being deep-merged into it, so no default ablation leaks in.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # Fills schema defaults and stops before any job with a message naming the bad key.

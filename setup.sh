@@ -13,5 +13,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null && ! command -v nvidia-smi >
         || "${pip[@]}" install --quiet --timeout 30 torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
         || true
 fi
-"${pip[@]}" install --quiet -e '.[test]'
+# compat: a plain .pth entry, so Snakemake's plugin discovery (pkgutil) sees the RunPod executor
+"${pip[@]}" install --quiet -e '.[test]' --config-settings editable_mode=compat
 echo "pgolf: set up in .venv; run the embedded default with .venv/bin/snakemake --cores 2 results/ablation_summary.tsv"

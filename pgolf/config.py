@@ -79,7 +79,8 @@ class RunTable:
     """All ablations of a config, their resolved configs and stage keys, and key → params lookups."""
 
     def __init__(self, cfg: dict, schema: dict | None = None):
-        self.seeds: list[int] = list(cfg["seeds"])
+        seeds = cfg["seeds"]
+        self.seeds: list[int] = [seeds] if isinstance(seeds, int) else list(seeds)
         self.baseline: str = cfg["baseline"]
         self.ablations: dict[str, Ablation] = {}
         self._by_key: dict[str, dict[str, Ablation]] = {stage: {} for stage in STAGE_SECTIONS}
