@@ -49,8 +49,13 @@ def check(train_cfg: dict) -> None:
     compiled = torch.compile(model, dynamic=False)
     for looping in (True,):  # the looped graph holds every technique; the plain one is compiled in training
         model.looping = looping
+        from pgolf.layers import ATTENTION, set_attention_backend
+        pinned = dict(ATTENTION)
+        set_attention_backend(None, True)  # cuDNN has no fp32 kernel: the reference takes PyTorch's choice
         with torch.no_grad():
-            ref = model.float().loss(ids, tgt).double()  # fp32 eager, default attention
+            ref = model.float().loss(ids, tgt).double()  # fp32 eager
+        set_attention_backend(pinned["backends"], pinned["gqa_native"])
+        with torch.no_grad():
             with autocast_ctx(dev):
                 fast = compiled(ids, tgt).double()
         print(f"check looping={looping}: eager fp32 loss {ref.item():.5f} compiled bf16 {fast.item():.5f} "

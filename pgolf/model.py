@@ -154,7 +154,11 @@ class GPT(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] token ids -> [batch, seq, dim] final-normed hidden states (the head's input)."""
-        x = self.tok_emb(input_ids).float()  # the residual stream is fp32 (embed_bf16 stores E in bf16)
+        x = self.tok_emb(input_ids)
+        # The residual stream: bf16 under autocast (half the bytes for every elementwise op, as the record
+        # does), fp32 otherwise (embed_bf16 stores E in bf16, so cast it up on the CPU path).
+        dev = x.device.type
+        x = x.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)
         if self.config.embed_norm:
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
