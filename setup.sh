@@ -9,9 +9,14 @@ python3 -m venv .venv
 pip=(.venv/bin/python -m pip)
 "${pip[@]}" install --quiet --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null 2>&1; then
-    "${pip[@]}" install --quiet --no-index torch 2>/dev/null \
-        || "${pip[@]}" install --quiet --timeout 30 torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
-        || true
+    wheels=$(mktemp -d)
+    if "${pip[@]}" download --quiet --no-index --no-deps --dest "$wheels" torch 2>/dev/null; then
+        "${pip[@]}" install --quiet "$wheels"/torch-*.whl        # a local wheel; its needs from PyPI
+    else
+        "${pip[@]}" install --quiet --timeout 30 torch --index-url https://download.pytorch.org/whl/cpu \
+            || echo "setup.sh: no CPU build of torch reachable; pip will pick one" >&2
+    fi
+    rm -rf "$wheels"
 fi
 # compat: a plain .pth entry, so Snakemake's plugin discovery (pkgutil) sees the RunPod executor
 "${pip[@]}" install --quiet -e '.[test]' --config-settings editable_mode=compat
