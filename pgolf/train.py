@@ -306,7 +306,7 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     max_steps, budget_seconds = cfg["max_steps"], cfg["max_wallclock_seconds"]
     step, reserve_seconds, loss_value, stopped_by, loop_step = 0, 0.0, float("nan"), "max_steps", None
     last_log_step, last_log_elapsed = 0, 0.0
-    bar = tqdm(total=max_steps, disable=rank != 0, file=sys.stderr, desc="train", mininterval=1.0)
+    bar = tqdm(total=max_steps, disable=rank != 0 or os.environ.get("TQDM_DISABLE") == "1", file=sys.stderr, desc="train", mininterval=1.0)
     clock = Clock(device, world_size)
     profiler = StepProfiler(os.environ.get("PGOLF_PROFILE_STEPS"), rank == 0)
     while step < max_steps:
