@@ -3,7 +3,7 @@
 GPTQ minimizes ‖(W − Ŵ) X‖², whose Hessian in each row of W is X Xᵀ: the sum over calibration tokens
 of the outer product of the layer's input. Forward hooks on every Linear inside the blocks record it;
 the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
-hidden states. Calibration reads training data, so it runs inside the training time budget.
+hidden states. q, k and v of a block read the same input, so they share one Hessian (computed once). Calibration reads training data, so it runs inside the training time budget.
 """
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def _accumulate(hessian: torch.Tensor, x: torch.Tensor) -> None:
     hessian.addmm_(x.T, x)
 
 
+def _shared_input_owner(name: str) -> str | None:
+    """blocks.{i}.attn.k / .v take the same input as blocks.{i}.attn.q: the key of q's Hessian."""
+    prefix, _, leaf = name.rpartition(".")
+    return f"{prefix}.q.weight" if prefix.endswith(".attn") and leaf in ("k", "v") else None
+
+
 @torch.no_grad()
 def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_batches: int) -> dict:
     """Run `num_batches` batches of `next_inputs()` token ids through `model`; return
@@ -34,6 +40,10 @@ def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_ba
     for name, module in model.blocks.named_modules(prefix="blocks"):
         if isinstance(module, nn.Linear):
             key = f"{name}.weight"
+            shared = _shared_input_owner(name)
+            if shared is not None:  # k and v read q's input: one Hessian, three names
+                hessians[key] = hessians[shared]
+                continue
             hessians[key] = torch.zeros(module.in_features, module.in_features, device=device)
             hooks.append(module.register_forward_hook(
                 lambda _mod, inputs, _out, h=hessians[key]: _accumulate(h, inputs[0])))
@@ -54,10 +64,12 @@ def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_ba
         model.train(was_training)
 
     count = torch.tensor([num_tokens], dtype=torch.float64, device=device)
+    unique = list({id(h): h for h in hessians.values()}.values())
     if dist.is_available() and dist.is_initialized():
-        for h in hessians.values():
+        for h in unique:
             dist.all_reduce(h)
         dist.all_reduce(count)
-    out = {k: h.cpu() for k, h in hessians.items()}
+    on_cpu = {id(h): h.cpu() for h in unique}
+    out = {k: on_cpu[id(h)] for k, h in hessians.items()}
     out[NUM_TOKENS_KEY] = int(count.item())
     return out
