@@ -203,3 +203,11 @@ def test_compile_warmup_restores_the_initial_state(tiny_corpus, tmp_path):
         states.append(torch.load(tmp_path / str(warm) / "model.pt", weights_only=True)["state_dict"])
     for k in states[0]:
         torch.testing.assert_close(states[1][k], states[0][k], msg=k)
+
+
+def test_gptq_reserve_seconds_shortens_training(tiny_corpus, tmp_path):
+    """The reserve comes off the wall-clock budget: training stops by budget - reserve (plus one step)."""
+    cfg = dict(TINY, max_steps=100_000, max_wallclock_seconds=3.0, gptq_reserve_seconds=2.0, sync_every_steps=1)
+    summary = train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+    assert summary["stopped_by"] == "wallclock"
+    assert 1.0 <= summary["train_seconds"] < 1.0 + 2 * summary["step_ms"] / 1000 + 0.5
