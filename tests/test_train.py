@@ -8,7 +8,7 @@ import torch
 from pgolf.hessians import EMBED_KEY, NUM_TOKENS_KEY
 from pgolf.launch import TRAIN_FILES, launch_env, run_train, torchrun_command
 from pgolf.model import build_model
-from pgolf.train import lr_scale, muon_momentum, train, TRAIN_DEFAULTS
+from pgolf.train import TRAIN_DEFAULTS, train
 
 TINY = dict(nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
             rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1, max_steps=20,
@@ -31,14 +31,6 @@ def tiny_run(tiny_corpus, tmp_path_factory):
 
 def logged_losses(log_text: str) -> list[float]:
     return [float(m) for m in re.findall(r"^step \d+/\d+ loss (\S+)", log_text, flags=re.M)]
-
-
-def test_lr_schedule():
-    assert lr_scale(0, 0.0, warmup_steps=4, warmdown_frac=0.5) == 0.25
-    assert lr_scale(10, 0.3, warmup_steps=4, warmdown_frac=0.5) == 1.0
-    assert lr_scale(10, 0.75, warmup_steps=4, warmdown_frac=0.5) == pytest.approx(0.5)
-    assert lr_scale(10, 1.0, warmup_steps=4, warmdown_frac=0.5) == 0.0
-    assert lr_scale(10, 0.99, warmup_steps=4, warmdown_frac=0.0) == 1.0
 
 
 def test_training_writes_every_file_and_loss_decreases(tiny_run, tiny_corpus):
@@ -155,14 +147,6 @@ RECORD_SWITCHES = dict(mlp_activation="leaky_relu2", rope_dims=8, qk_gain_init=4
                        orthogonal_init=True, muon_row_norm=True, muon_momentum_warmup_start=0.85,
                        muon_momentum_warmup_steps=5, embed_weight_decay=0.085, scalar_weight_decay=0.02,
                        grad_clip_norm=0.3, gptq_reserve_seconds=0.5, warmup_steps=0, sync_every_steps=3)
-
-
-def test_muon_momentum_warmup():
-    cfg = dict(TRAIN_DEFAULTS, muon_momentum=0.99, muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500)
-    assert muon_momentum(0, cfg) == pytest.approx(0.92)
-    assert muon_momentum(750, cfg) == pytest.approx(0.955)
-    assert muon_momentum(3000, cfg) == pytest.approx(0.99)
-    assert muon_momentum(0, dict(cfg, muon_momentum_warmup_start=None)) == 0.99
 
 
 def test_record_stack_switches_train_and_loop_from_half_way(tiny_corpus, tmp_path):
