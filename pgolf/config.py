@@ -68,6 +68,17 @@ def expand_ablations(cfg: dict) -> dict[str, dict]:
     return ablations
 
 
+def select_ablations(ablations: dict[str, dict], only: list[str] | None) -> dict[str, dict]:
+    """Keep the ablations named in the config's `only` (all when it is null), baseline included."""
+    if only is None:
+        return ablations
+    unknown = [name for name in only if name not in ablations]
+    if unknown:
+        raise ValueError(f"config key 'only': no ablation named {', '.join(map(repr, unknown))} "
+                         f"(have: {', '.join(ablations)})")
+    return {name: overrides for name, overrides in ablations.items() if name in only}
+
+
 @dataclass
 class Ablation:
     name: str
@@ -84,7 +95,7 @@ class RunTable:
         self.baseline: str = cfg["baseline"]
         self.ablations: dict[str, Ablation] = {}
         self._by_key: dict[str, dict[str, Ablation]] = {stage: {} for stage in STAGE_SECTIONS}
-        for name, overrides in expand_ablations(cfg).items():
+        for name, overrides in select_ablations(expand_ablations(cfg), cfg.get("only")).items():
             resolved = apply_overrides(cfg, overrides, name)
             if schema is not None:
                 validate_config(resolved, schema, where=f"ablation {name!r}")

@@ -91,3 +91,25 @@ def test_challenge_config_validates_and_each_ablation_switches_one_thing_off():
     from pgolf.model import ModelConfig
     model_cfg = ModelConfig.from_train_cfg(train, cfg["tokenizer"]["vocab_size"])
     assert model_cfg.schedule(True) == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_only_selects_ablations_and_names_unknown_ones(cfg):
+    cfg["only"] = ["baseline", "mlp3"]
+    assert list(RunTable(cfg).ablations) == ["baseline", "mlp3"]
+    cfg["only"] = ["mlp3"]
+    with pytest.raises(ValueError, match="config key 'baseline'"):
+        RunTable(cfg)
+    cfg["only"] = ["baseline", "mlp4"]
+    with pytest.raises(ValueError, match="config key 'only': no ablation named 'mlp4'"):
+        RunTable(cfg)
+
+
+def test_one_gpu_overlay_runs_only_the_record_on_one_rank():
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())
+    update_config(cfg, yaml.safe_load((ROOT / "config" / "one_gpu.yaml").read_text()))
+    validate(cfg, str(SCHEMA_PATH))
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    assert list(table.ablations) == ["record"]
+    assert table.ablations["record"].cfg["train"]["nproc"] == 1
