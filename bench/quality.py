@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""pgolf's side of the real-text quality comparison (issue 3): train → GPTQ → compress → eval, one seed.
+
+    python3 bench/quality.py --out $OUT/pgolf_s1 --seed 1 [--steps 400] [--batch-tokens 16384]
+                             [--data .ref/data_text] [--device cuda] [--set key=yaml ...]
+
+The record's stack from config/challenge.yaml (train, quant, compress, eval sections) on the shards
+bench/make_text_shards.py writes; the counterpart of the reference run in bench/quality_device.sh,
+with the same reduced batch, steps, seed and 64 calibration micro-batches. The wall clock is taken out
+of the schedule (the warmdown follows steps), as MAX_WALLCLOCK_SECONDS=0 does for the reference.
+
+Four scores on the validation shard, because the record reports pre-quantization and quantized
+val_bpb without sliding windows (stride = seq_len) and the quantized one with them (stride 64):
+prequant/full, prequant/sliding, quantized/full, quantized/sliding. "quantized" is the model rebuilt
+from the compressed blob alone. Writes OUT/quality.json and prints one line per score.
+`--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def link_split(data: Path, split: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(data.glob(f"fineweb_{split}_*.bin"))
+    if not found:
+        raise SystemExit(f"{data}: no fineweb_{split}_*.bin (run bench/make_text_shards.py)")
+    for p in found:
+        if not (dest / p.name).exists():
+            os.symlink(p.resolve(), dest / p.name)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--data", default=str(ROOT / ".ref" / "data_text"), help="DATA_DIR of make_text_shards.py")
+    ap.add_argument("--config", default=str(ROOT / "config" / "challenge.yaml"))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
+    ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value (CPU smoke runs)")
+    a = ap.parse_args()
+    from pgolf.artifact import compress_artifact
+    from pgolf.evaluate import evaluate_files
+    from pgolf.gptq import quantize_model
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(a.data) / "datasets" / "fineweb10B_sp8192"
+    tokenizer = Path(a.data) / "tokenizers" / "fineweb_8192_bpe.model"
+    train_dir, val_dir = link_split(data, "train", out / "train_shards"), link_split(data, "val", out / "val_shards")
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    train = dict(cfg["train"], nproc=1, device=a.device, grad_accum_steps=8, batch_tokens=a.batch_tokens,
+                 max_steps=a.steps, max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, hessian_batches=64,
+                 compile_warmup_steps=3,
+                 log_every=10)
+    for section, overrides in ((train, a.set), (cfg["eval"], a.eval_set)):
+        for kv in overrides:
+            k, _, v = kv.partition("=")
+            section[k] = yaml.safe_load(v)
+    (out / "params.json").write_text(json.dumps(train, indent=1))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    run = out / "run"
+    with open(out / "train_stdout.log", "w") as log:
+        subprocess.run([sys.executable, "-m", "pgolf.train", "--config", str(out / "params.json"), "--train-dir",
+                        str(train_dir), "--tokenizer", str(tokenizer), "--out-dir", str(run), "--seed", str(a.seed)],
+                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    trained = json.loads((run / "train.json").read_text())
+    quantize_model(run / "model.pt", run / "hessians.pt", cfg["quant"], run / "quant.bin", run / "quant.json")
+    art = compress_artifact(run / "quant.bin", cfg["compress"], run / "model.blob", run / "code.py",
+                            run / "artifact.json")
+    scores = {}
+    for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
+        for name, stride in (("full", cfg["eval"]["seq_len"]), ("sliding", cfg["eval"]["stride"])):
+            ev = dict(cfg["eval"], stride=stride)
+            r = evaluate_files("artifact" if mode == "quantized" else "prequant", path, val_dir, tokenizer, ev,
+                               a.device, run / f"eval_{mode}_{name}.json")
+            scores[f"{mode}_{name}"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"]}
+            print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
+                  flush=True)
+    result = {"seed": a.seed, "steps": trained["steps"], "batch_tokens": a.batch_tokens,
+              "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
+              "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
+    (out / "quality.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

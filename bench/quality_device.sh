@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 3's quality comparison on the device: the record's script and pgolf's stages on the same real
+# sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
+# pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
+#   bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+# Carry [".ref", ".whl"]: .whl holds the brotli and zstandard wheels pgolf.artifact imports (the device
+# image has neither). 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the
+# 6.9M training tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64
+# micro-batches. Both use EMA decay 0.99 instead of the record's 0.997: both EMAs start from the random
+# initial weights, and after 400 steps 0.997 would still hold 30% of them (0.99: 2%). Per-seed logs land in OUTDIR as they finish, so a run cut by its time limit keeps them.
+set -uo pipefail
+OUT="${1:?usage: quality_device.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
+SEEDS="${2:-1 2 3}"; STEPS="${3:-400}"; BATCH="${4:-16384}"; SIDES="${5:-ref pgolf}"; EMA="${6:-0.99}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$ROOT"
+mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
+[[ -f .ref/data_text/datasets/fineweb10B_sp8192/fineweb_val_000000.bin ]] \
+  || { echo "no .ref/data_text: run bench/make_text_shards.py on the dev machine and carry .ref" >&2; exit 1; }
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
+fi
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+for seed in $SEEDS; do
+  for side in $SIDES; do
+    start=$(date +%s)
+    if [[ "$side" == ref ]]; then
+      (cd .ref && rm -f "logs/quality_s$seed.txt" && PYTHONUNBUFFERED=1 DATA_DIR=./data_text/ SEED="$seed" \
+        RUN_ID="quality_s$seed" ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" MAX_WALLCLOCK_SECONDS=0 \
+        WARMUP_STEPS=5 TRAIN_LOG_EVERY=50 EMA_DECAY="$EMA" VAL_LOSS_EVERY=0 SLIDING_WINDOW_ENABLED=1 COMPRESSOR=lzma \
+        REF_STOP_AFTER_TRAIN=0 python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
+    else
+      python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
+        --set ema_decay="$EMA" > "$OUT/pgolf_s$seed.log" 2>&1
+    fi
+    echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
+  done
+done
+python3 bench/quality_summary.py "$OUT"
