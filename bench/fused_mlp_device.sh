@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | h
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 timeout "${CHECK_TIMEOUT:-90}" python3 bench/fused_mlp_check.py --json "$OUT/check.json" > "$OUT/check.log" 2>&1
 echo "check exit $?"; grep -v "^$" "$OUT/check.log" | tail -n 25
-VARIANT_TIMEOUT="${VARIANT_TIMEOUT:-180}" bash bench/variants.sh "$W" "$STEPS" "on||--set fused_mlp=on" "off||--set fused_mlp=off"
+VARIANT_TIMEOUT="${VARIANT_TIMEOUT:-180}" bash bench/variants.sh "$W" "$STEPS" "on||--set fused_mlp=\"on\"" "off||--set fused_mlp=\"off\""
 for v in on off; do
   cp "$W/$v.log" "$OUT/$v.log" 2>/dev/null; cp "$W/$v/pgolf.json" "$OUT/${v}_pgolf.json" 2>/dev/null
   grep -h "^step " "$W/$v/pgolf.log" 2>/dev/null | awk '{print $2, $4}' > "$W/$v.loss"

@@ -26,17 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def link_split(data: Path, split: str, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(data.glob(f"fineweb_{split}_*.bin"))
-    if not found:
-        raise SystemExit(f"{data}: no fineweb_{split}_*.bin (run bench/make_text_shards.py)")
-    for p in found:
-        if not (dest / p.name).exists():
-            os.symlink(p.resolve(), dest / p.name)
-    return dest
+sys.path.insert(0, str(ROOT / "bench"))
+from run_pgolf_bench import apply_sets, link_shards  # noqa: E402
 
 
 def main() -> int:
@@ -59,16 +50,14 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(a.data) / "datasets" / "fineweb10B_sp8192"
     tokenizer = Path(a.data) / "tokenizers" / "fineweb_8192_bpe.model"
-    train_dir, val_dir = link_split(data, "train", out / "train_shards"), link_split(data, "val", out / "val_shards")
+    train_dir, val_dir = link_shards(data, "train", out / "train_shards"), link_shards(data, "val", out / "val_shards")
     cfg = yaml.safe_load(Path(a.config).read_text())
     train = dict(cfg["train"], nproc=1, device=a.device, grad_accum_steps=8, batch_tokens=a.batch_tokens,
                  max_steps=a.steps, max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, hessian_batches=64,
                  compile_warmup_steps=3,
                  log_every=10)
-    for section, overrides in ((train, a.set), (cfg["eval"], a.eval_set)):
-        for kv in overrides:
-            k, _, v = kv.partition("=")
-            section[k] = yaml.safe_load(v)
+    apply_sets(train, a.set)
+    apply_sets(cfg["eval"], a.eval_set)
     (out / "params.json").write_text(json.dumps(train, indent=1))
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
     run = out / "run"

@@ -67,6 +67,26 @@ def check(train_cfg: dict) -> None:
     print(f"check batched NS vs per-matrix: max abs diff {(batched - single).abs().max().item():.2e}", flush=True)
 
 
+def apply_sets(section: dict, pairs: list[str]) -> None:
+    """`--set key=yaml_value ...` overrides into a config section. YAML 1.1 reads bare on/off/yes/no as
+    booleans: quote enum strings (`fused_mlp='"on"'`), as the config files do."""
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        section[k] = yaml.safe_load(v)
+
+
+def link_shards(src: Path, split: str, dest: Path) -> Path:
+    """dest/ with links to src's fineweb_{split}_*.bin: a stage sees only the split it should."""
+    found = sorted(Path(src).glob(f"fineweb_{split}_*.bin"))
+    if not found:
+        raise SystemExit(f"{src}: no fineweb_{split}_*.bin")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in found:
+        if not (dest / p.name).exists():
+            os.symlink(p.resolve(), dest / p.name)
+    return dest
+
+
 def phases(text: str, batch_tokens: int, hp: dict, skip: int = 3, stop: int | None = None) -> dict:
     points = [(int(s), float(e)) for s, _, e in STEP_RE.findall(text)]
     m = LOOP_RE.search(text)
@@ -109,19 +129,13 @@ def main() -> int:
     cfg.update(nproc=a.nproc, device="cuda", grad_accum_steps=8 // a.nproc, max_steps=a.steps,
                max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, log_every=1 if a.steps <= 16 else 4,
                hessian_batches=8, compile_warmup_steps=3)
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        cfg[k] = yaml.safe_load(v)
+    apply_sets(cfg, a.set)
     if a.check:
         check(cfg)
     if not list(Path(a.data).glob("fineweb_train_*.bin")):
         subprocess.run([sys.executable, str(ROOT / "bench/make_random_shards.py"), "--out", a.data,
                         "--train-tokens", "20000000"], check=True)
-    train_dir = out / "train_shards"
-    train_dir.mkdir(exist_ok=True)
-    for p in Path(a.data).glob("fineweb_train_*.bin"):  # train shards only (the stage never sees val)
-        if not (train_dir / p.name).exists():
-            os.symlink(p.resolve(), train_dir / p.name)
+    train_dir = link_shards(Path(a.data), "train", out / "train_shards")  # the stage never sees val
     (out / "params.json").write_text(json.dumps(cfg, indent=1))
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
     if a.profile:
