@@ -13,7 +13,6 @@ Writes OUT/datasets/fineweb10B_sp8192/fineweb_{train,val}_*.bin and OUT/tokenize
 the layout the record reads with DATA_DIR=OUT/ (≈ 13 MB: carry it, it is under .ref/, git-ignored).
 """
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pgolf.docs import read_jsonl_texts  # noqa: E402
+from pgolf.docs import docs_jsonl_bytes, read_jsonl_texts  # noqa: E402
 from pgolf.shards import build_shards, read_shard, shard_paths, write_shard  # noqa: E402
 
 VAL_FILE = "fineweb_pg_docs_selected_sample200.jsonl"
@@ -45,8 +44,7 @@ def main() -> int:
     data = out / "datasets" / "fineweb10B_sp8192"
     with tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "docs.jsonl"  # pgolf's docs layout: the validation documents first
-        docs.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in val_texts + train_texts),
-                        encoding="utf-8")
+        docs.write_bytes(docs_jsonl_bytes(val_texts + train_texts))
         manifest = build_shards(docs, len(val_texts), tokenizer, 100_000_000, Path(tmp) / "train", Path(tmp) / "val",
                                 Path(tmp) / "manifest.json")
         if data.exists():

@@ -122,7 +122,8 @@ def read_jsonl_texts(path: str | os.PathLike, max_docs: int | None = None) -> li
     return texts
 
 
-def _docs_bytes(texts: list[str]) -> bytes:
+def docs_jsonl_bytes(texts: list[str]) -> bytes:
+    """The docs stage's JSONL: one {"text": ...} object per line, UTF-8."""
     return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode("utf-8")
 
 
@@ -132,7 +133,7 @@ def build_docs(cfg: dict, out_jsonl: str | os.PathLike, out_meta: str | os.PathL
     if source == "synthetic":
         texts = synthetic_docs(num_docs, int(cfg["seed"]))
         where = f"docs.source=synthetic (docs.num_docs={num_docs})"
-        source_sha256 = hashlib.sha256(_docs_bytes(texts)).hexdigest()
+        source_sha256 = hashlib.sha256(docs_jsonl_bytes(texts)).hexdigest()
     elif source in ("jsonl", "hf"):
         if source == "jsonl":
             if not cfg.get("path"):
@@ -149,7 +150,7 @@ def build_docs(cfg: dict, out_jsonl: str | os.PathLike, out_meta: str | os.PathL
         raise ValueError(f"docs.source: unknown source {source!r} (expected synthetic, jsonl or hf)")
     if len(texts) < num_val_docs + 1:
         raise ValueError(f"{where}: {len(texts)} documents, need at least docs.num_val_docs + 1 = {num_val_docs + 1}")
-    data = _docs_bytes(texts)
+    data = docs_jsonl_bytes(texts)
     with atomic_path(out_jsonl) as tmp:
         tmp.write_bytes(data)
     meta = {"source": source, "num_docs": len(texts), "num_val_docs": num_val_docs,

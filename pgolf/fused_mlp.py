@@ -25,7 +25,7 @@ from torch import Tensor
 MODES = ("off", "auto", "on")
 _STATE = {"mode": "off"}
 
-try:  # Triton is on the GPU image, not in the CPU test environment
+try:  # Triton ships with CUDA builds of torch and is in the test extras; elsewhere it may be missing
     import triton
     import triton.language as tl
     HAVE_TRITON = True
@@ -40,10 +40,6 @@ def set_fused_mlp(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"train.fused_mlp={mode!r}: expected one of {MODES}")
     _STATE["mode"] = mode
-
-
-def fused_mlp_mode() -> str:
-    return _STATE["mode"]
 
 
 def use_fused(x: Tensor, leaky: bool, training: bool, model_dim: int) -> bool:

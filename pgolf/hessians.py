@@ -3,7 +3,8 @@
 GPTQ minimizes ‖(W − Ŵ) X‖², whose Hessian in each row of W is X Xᵀ: the sum over calibration tokens
 of the outer product of the layer's input. Forward hooks on every Linear inside the blocks record it;
 the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
-hidden states. q, k and v of a block read the same input, so they share one Hessian (computed once). Calibration reads training data, so it runs inside the training time budget.
+hidden states. q, k and v of a block read the same input, so they share one Hessian (computed once).
+Calibration reads training data, so it runs inside the training time budget.
 """
 from __future__ import annotations
 

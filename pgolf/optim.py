@@ -62,9 +62,9 @@ class EMA:
         self.state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
         live = model.state_dict()
         # Same-dtype pairs go through one foreach lerp; others (a bf16 embedding) one by one.
-        self.pairs = [(self.state[k], live[k]) for k in self.state]
-        self.fast = [(e, v) for e, v in self.pairs if v.dtype == e.dtype]
-        self.slow = [(e, v) for e, v in self.pairs if v.dtype != e.dtype]
+        pairs = [(self.state[k], live[k]) for k in self.state]
+        self.fast = [(e, v) for e, v in pairs if v.dtype == e.dtype]
+        self.slow = [(e, v) for e, v in pairs if v.dtype != e.dtype]
 
     @torch.no_grad()
     def update(self) -> None:
