@@ -2,7 +2,7 @@
 # Issue 3's quality comparison on the device: the record's script and pgolf's stages on the same real
 # sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
 # pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
-#   bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+#   [PARALLEL=1] bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
 # Carry [".ref", ".whl"]: .whl holds the brotli and zstandard wheels pgolf.artifact imports (the device
 # image has neither). 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the
 # 6.9M training tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64
@@ -20,19 +20,30 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+# PARALLEL=1 runs every (seed, side) at once on the one GPU: the runs are small (1 x 2048 micro-batches)
+# and launch-bound, so they share it well, and no time is measured here. Each reference run then gets its
+# own copy of the record's code, because the record writes final_model.pt into its working directory.
+run_one() {
+  local seed="$1" side="$2" start; start=$(date +%s)
+  if [[ "$side" == ref ]]; then
+    local dir=.ref
+    if [[ "${PARALLEL:-0}" == 1 ]]; then
+      dir="/tmp/ref_s$seed"; mkdir -p "$dir"; cp .ref/*.py "$dir/"; ln -sfn "$ROOT/.ref/data_text" "$dir/data_text"
+    fi
+    (cd "$dir" && rm -f "logs/quality_s$seed.txt" && PYTHONUNBUFFERED=1 DATA_DIR=./data_text/ SEED="$seed" \
+      RUN_ID="quality_s$seed" ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" MAX_WALLCLOCK_SECONDS=0 \
+      WARMUP_STEPS=5 TRAIN_LOG_EVERY=50 EMA_DECAY="$EMA" VAL_LOSS_EVERY=0 SLIDING_WINDOW_ENABLED=1 COMPRESSOR=lzma \
+      REF_STOP_AFTER_TRAIN=0 python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
+  else
+    python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
+      --set ema_decay="$EMA" > "$OUT/pgolf_s$seed.log" 2>&1
+  fi
+  echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
+}
 for seed in $SEEDS; do
   for side in $SIDES; do
-    start=$(date +%s)
-    if [[ "$side" == ref ]]; then
-      (cd .ref && rm -f "logs/quality_s$seed.txt" && PYTHONUNBUFFERED=1 DATA_DIR=./data_text/ SEED="$seed" \
-        RUN_ID="quality_s$seed" ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" MAX_WALLCLOCK_SECONDS=0 \
-        WARMUP_STEPS=5 TRAIN_LOG_EVERY=50 EMA_DECAY="$EMA" VAL_LOSS_EVERY=0 SLIDING_WINDOW_ENABLED=1 COMPRESSOR=lzma \
-        REF_STOP_AFTER_TRAIN=0 python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
-    else
-      python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
-        --set ema_decay="$EMA" > "$OUT/pgolf_s$seed.log" 2>&1
-    fi
-    echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
+    if [[ "${PARALLEL:-0}" == 1 ]]; then run_one "$seed" "$side" & else run_one "$seed" "$side"; fi
   done
 done
+wait
 python3 bench/quality_summary.py "$OUT"
