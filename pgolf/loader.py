@@ -1,13 +1,19 @@
-"""Training batches: one token stream through the train shards, each global batch split across ranks.
+"""Training batches for every rank, in one of two orders (train.data_order).
 
-Every optimizer step takes the next `batch_tokens + 1` tokens of the stream (shards in name order,
-wrapping around at the end). Rank r gets the r-th contiguous slice of `batch_tokens / world_size`
-tokens plus one more for the shifted targets, reshaped to sequences of `seq_len`. Ranks therefore see
-disjoint data, and together exactly the tokens a single process would see.
+shuffled (the record's order, the default): each epoch cuts every shard into non-overlapping windows of
+`seq_len + 1` tokens, starting at a random phase below seq_len, and visits all windows of all shards in
+one random permutation drawn from the run's seed. Every rank draws the same permutation, each step takes
+the next `batch_tokens / seq_len` windows, and rank r keeps the r-th contiguous part of them.
 
-On CUDA the slice goes through one of two pinned int32 staging buffers and is copied asynchronously
-(the host never waits for the GPU, and the GPU never waits for a pageable copy); an event per buffer
-keeps the host from overwriting a buffer whose copy is still in flight.
+stream: one token stream through the shards in name order, wrapping around; every step takes the next
+`batch_tokens + 1` tokens and rank r gets the r-th contiguous slice plus one token for the targets.
+Kept for reproducing older runs, and because a stream over ordered data (one source after another)
+biases the end of training, which the warmdown and EMA weigh most.
+
+Either way ranks see disjoint data, together exactly the windows a single process would see. On CUDA
+the local batch goes through one of two pinned int32 staging buffers and is copied asynchronously (the
+host never waits for the GPU, and the GPU never waits for a pageable copy); an event per buffer keeps
+the host from overwriting a buffer whose copy is still in flight.
 """
 from __future__ import annotations
 
@@ -34,8 +40,7 @@ class TokenStream:
         self.shard_index = (self.shard_index + 1) % len(self.paths)
         path = self.paths[self.shard_index]
         self.tokens, self.pos = np.asarray(read_shard(path)), 0
-        if self.tokens.size and int(self.tokens.max()) >= self.vocab_size:
-            raise ValueError(f"{path}: token id {int(self.tokens.max())} >= tokenizer vocab_size {self.vocab_size}")
+        _check_vocab(self.tokens, self.vocab_size, path)
 
     def take(self, n: int) -> np.ndarray:
         parts, needed = [], n
@@ -50,38 +55,115 @@ class TokenStream:
         return np.concatenate(parts)
 
 
+def _check_vocab(tokens: np.ndarray, vocab_size: int, where) -> None:
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise ValueError(f"{where}: token id {int(tokens.max())} >= tokenizer vocab_size {vocab_size}")
+
+
+class ShuffledWindows:
+    """Endless supply of (seq_len + 1)-token windows of the shards, in a new random order each epoch."""
+
+    def __init__(self, paths: list[Path], vocab_size: int, seq_len: int, seed: int):
+        if not paths:
+            raise FileNotFoundError("no train shards to read")
+        self.paths, self.vocab_size, self.seq_len = list(paths), vocab_size, seq_len
+        self.shards = [read_shard(p) for p in self.paths]  # memmaps: only the windows taken are read
+        if not any(t.size > seq_len for t in self.shards):
+            raise ValueError(f"train shards in {self.paths[0].parent} hold no window of seq_len + 1 = {seq_len + 1} "
+                             f"tokens: lower train.seq_len or add data")
+        self.rng = np.random.default_rng(seed)
+        self.checked = [False] * len(self.shards)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        sizes = np.array([t.size for t in self.shards], dtype=np.int64)
+        # A random phase moves the window boundaries between epochs; short shards start at 0.
+        room = np.clip(sizes - self.seq_len - 1, 0, self.seq_len - 1)
+        self.phase = np.array([self.rng.integers(r + 1) for r in room], dtype=np.int64)
+        counts = np.maximum(sizes - 1 - self.phase, 0) // self.seq_len
+        self.first_window = np.concatenate([[0], np.cumsum(counts)])
+        self.order, self.pos = self.rng.permutation(int(self.first_window[-1])), 0
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n windows of the permutation as an [n, seq_len + 1] uint16 array."""
+        out = np.empty((n, self.seq_len + 1), dtype=np.uint16)
+        for row in range(n):
+            if self.pos == self.order.size:
+                self._new_epoch()
+            g = int(self.order[self.pos])
+            self.pos += 1
+            si = int(np.searchsorted(self.first_window, g, side="right")) - 1
+            if not self.checked[si]:  # once per shard, when first read: no full scan at start-up
+                _check_vocab(self.shards[si], self.vocab_size, self.paths[si])
+                self.checked[si] = True
+            start = int(self.phase[si]) + (g - int(self.first_window[si])) * self.seq_len
+            out[row] = self.shards[si][start:start + self.seq_len + 1]
+        return out
+
+    def skip(self, n: int) -> None:
+        """Advance past n windows without reading them (the other ranks' part of a step)."""
+        while n:
+            if self.pos == self.order.size:
+                self._new_epoch()
+            step = min(n, self.order.size - self.pos)
+            self.pos, n = self.pos + step, n - step
+
+
+DATA_ORDERS = ("shuffled", "stream")
+
+
 class DistributedTokenLoader:
     """Yields (inputs, targets) int64 tensors of shape [local_seqs, seq_len] for this rank."""
 
     def __init__(self, train_dir, vocab_size: int, seq_len: int, batch_tokens: int,
-                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 order: str = "shuffled", seed: int = 0):
         if batch_tokens % (world_size * seq_len):
             raise ValueError(f"train.batch_tokens={batch_tokens} must be a multiple of "
                              f"world_size * seq_len = {world_size} * {seq_len}")
-        self.stream = TokenStream(shard_paths(train_dir), vocab_size)
-        self.seq_len, self.batch_tokens = seq_len, batch_tokens
-        self.rank, self.local_tokens = rank, batch_tokens // world_size
+        if order not in DATA_ORDERS:
+            raise ValueError(f"train.data_order must be one of {DATA_ORDERS}, got {order!r}")
+        paths = shard_paths(train_dir)
+        self.order, self.seq_len, self.batch_tokens = order, seq_len, batch_tokens
+        self.rank, self.world_size, self.local_tokens = rank, world_size, batch_tokens // world_size
+        self.local_seqs = self.local_tokens // seq_len
+        if order == "stream":
+            self.stream = TokenStream(paths, vocab_size)
+            staged_tokens = self.local_tokens + 1
+        else:
+            self.windows = ShuffledWindows(paths, vocab_size, seq_len, seed)
+            staged_tokens = self.local_seqs * (seq_len + 1)
         self.device = torch.device(device)
         self._pinned, self._copied, self._turn = [], [], 0
         if self.device.type == "cuda":
-            self._pinned = [torch.empty(self.local_tokens + 1, dtype=torch.int32).pin_memory() for _ in range(2)]
+            self._pinned = [torch.empty(staged_tokens, dtype=torch.int32).pin_memory() for _ in range(2)]
             self._copied = [None, None]
 
+    def _local_tokens(self) -> np.ndarray:
+        """This rank's part of the next global batch, flat (stream) or one window per row (shuffled)."""
+        if self.order == "stream":
+            span = self.stream.take(self.batch_tokens + 1)  # +1: the last rank's final target
+            start = self.rank * self.local_tokens
+            return span[start:start + self.local_tokens + 1]
+        self.windows.skip(self.rank * self.local_seqs)
+        rows = self.windows.take(self.local_seqs)
+        self.windows.skip((self.world_size - 1 - self.rank) * self.local_seqs)
+        return rows
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        span = self.stream.take(self.batch_tokens + 1)  # +1: the last rank's final target
-        start = self.rank * self.local_tokens
-        window = span[start:start + self.local_tokens + 1]
+        window = self._local_tokens()
         if self._pinned:
             i, self._turn = self._turn, self._turn ^ 1
             if self._copied[i] is not None:
                 self._copied[i].synchronize()  # the copy out of this buffer two batches ago is done
-            self._pinned[i].numpy()[:] = window
+            self._pinned[i].numpy()[:] = window.reshape(-1)
             local = self._pinned[i].to(self.device, non_blocking=True)
             self._copied[i] = torch.cuda.Event()
             self._copied[i].record()
             local = local.long()
         else:
-            local = torch.from_numpy(window.astype(np.int64))
-        inputs = local[:-1].view(-1, self.seq_len)
-        targets = local[1:].view(-1, self.seq_len)
-        return inputs, targets
+            local = torch.from_numpy(window.astype(np.int64)).reshape(-1)
+        if self.order == "stream":
+            return local[:-1].view(-1, self.seq_len), local[1:].view(-1, self.seq_len)
+        rows = local.view(self.local_seqs, self.seq_len + 1)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # the model flattens them with view()

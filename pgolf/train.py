@@ -50,6 +50,7 @@ TRAIN_DEFAULTS = dict(
     compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
     attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
     fused_mlp="off",                 # off | auto | on: LeakyReLU² in Triton GEMM epilogues (CUDA training only)
+    data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
     sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
     embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
     loop_start_frac=0.0,             # depth recurrence switches on at this fraction of training
@@ -176,7 +177,7 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
 
     def make_loader():
         return DistributedTokenLoader(train_dir, vocab_size, cfg["seq_len"], cfg["batch_tokens"],
-                                      rank, world_size, device)
+                                      rank, world_size, device, cfg["data_order"], seed)
 
     def train_step(loader) -> torch.Tensor:
         """Forward/backward over the micro-batches, clip, optimizer steps; returns the loss (on device)."""
