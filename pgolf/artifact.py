@@ -172,7 +172,8 @@ def load_model_from_artifact(blob_path):
 # ---- code bytes --------------------------------------------------------------------------------------
 # The packed file is one self-contained Python file: a stub plus base85(lzma(JSON {module: source})).
 # Executing it installs an import hook that serves those modules, so `import pgolf.model` works with
-# no pgolf checkout present. Its size on disk is what the artifact's code costs.
+# no pgolf checkout present. Its size on disk is what the artifact's code costs. get_source answers None
+# for a name it lacks: linecache asks it for "__main__" when `python code.py pgolf.train` imports torch.
 _STUB = '''import base64,importlib.abc,importlib.util,json,lzma,runpy,sys
 S=json.loads(lzma.decompress(base64.b85decode({blob!r})))
 class F(importlib.abc.MetaPathFinder,importlib.abc.InspectLoader):
@@ -180,7 +181,7 @@ class F(importlib.abc.MetaPathFinder,importlib.abc.InspectLoader):
   if n in S:return importlib.util.spec_from_loader(n,s,origin="packed:"+n,is_package=s.is_package(n))
   if n.split(".")[0]in S:raise ModuleNotFoundError(n)
  def is_package(s,n):return any(k.startswith(n+".") for k in S)
- def get_source(s,n):return S[n]
+ def get_source(s,n):return S.get(n)
  def get_code(s,n):return compile(S[n],"packed:"+n,"exec")
 sys.meta_path.insert(0,F())
 if __name__=="__main__"and len(sys.argv)>1:sys.argv=sys.argv[1:];runpy.run_module(sys.argv[0],run_name="__main__")
@@ -221,8 +222,24 @@ def module_sources(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -
     return dict(sorted(sources.items()))
 
 
+def minify(source: str) -> str:
+    """`source` without comments and docstrings (ast.unparse drops comments); the same code otherwise.
+    A module that reads its own `__doc__` (train's argparse description) keeps its module docstring."""
+    # Packed code bytes count against the 16 MB artifact limit; comments and docstrings are dead weight there.
+    tree = ast.parse(source)
+    keep_module_doc = any(isinstance(n, ast.Name) and n.id == "__doc__" for n in ast.walk(tree))
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        body = node.body
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str) and not (node is tree and keep_module_doc)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
 def pack_code(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -> str:
-    sources = module_sources(entry_modules, root)
+    sources = {mod: minify(src) for mod, src in module_sources(entry_modules, root).items()}
     packed = lzma.compress(json.dumps(sources, separators=(",", ":")).encode(), preset=9 | lzma.PRESET_EXTREME)
     # base85 is ~7% denser than base64 and still a plain ASCII string literal.
     return _STUB.format(blob=base64.b85encode(packed).decode("ascii"))
