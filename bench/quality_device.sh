@@ -23,6 +23,9 @@ nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 # PARALLEL=1 runs every (seed, side) at once on the one GPU: the runs are small (1 x 2048 micro-batches)
 # and launch-bound, so they share it well, and no time is measured here. Each reference run then gets its
 # own copy of the record's code, because the record writes final_model.pt into its working directory.
+# Measured on one H100: six at once were all still compiling after 590 s; two at once (one seed) took
+# 528 s for pgolf, with Inductor's compile workers capped at 8 per process. Run one seed per call.
+[[ "${PARALLEL:-0}" == 1 ]] && export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}"
 run_one() {
   local seed="$1" side="$2" start; start=$(date +%s)
   if [[ "$side" == ref ]]; then
