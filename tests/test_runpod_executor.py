@@ -141,10 +141,18 @@ def test_ctrl_c_terminates_this_runs_pods_only(tmp_path):
         fake.pods["old-run-pod"] = {"id": "old-run-pod", "name": "pgolf-0ldrun00-7", "desiredStatus": "RUNNING"}
         proc = subprocess.Popen(_snakemake_args(storage), cwd=wd, env=_env(fake.url, tmp_path, sleep_s=60),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C once the job runs: the pod is rented and a status check has followed (a signal that lands
+        # inside the rent call itself is not what this test covers).
+        def polled_after_rent():
+            queries = [q for _, q in fake.requests]
+            rents = [i for i, q in enumerate(queries) if "podFindAndDeployOnDemand" in q]
+            return bool(rents) and len(queries) > rents[0] + 1
+
         deadline = time.time() + 60
-        while not any(p["id"].startswith("pod") for p in fake.pods.values()) and time.time() < deadline:
+        while not polled_after_rent() and time.time() < deadline:
             time.sleep(0.2)
         assert any(p["id"].startswith("pod") for p in fake.pods.values()), "no pod was rented"
+        assert polled_after_rent(), "no status check after the pod was rented"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode != 0
