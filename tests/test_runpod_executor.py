@@ -139,8 +139,11 @@ def test_ctrl_c_terminates_this_runs_pods_only(tmp_path):
     with FakeRunPod(tmp_path / "pods") as fake:
         # A pod of an earlier pgolf run must survive too: cleanup matches this run's tag only.
         fake.pods["old-run-pod"] = {"id": "old-run-pod", "name": "pgolf-0ldrun00-7", "desiredStatus": "RUNNING"}
+        # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: give
+        # snakemake the default disposition a terminal would, whatever earlier tests left in this process.
         proc = subprocess.Popen(_snakemake_args(storage), cwd=wd, env=_env(fake.url, tmp_path, sleep_s=60),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         # Ctrl-C once the job runs: the pod is rented and a status check has followed (a signal that lands
         # inside the rent call itself is not what this test covers).
         def polled_after_rent():
