@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -66,22 +67,25 @@ def main() -> int:
                         str(train_dir), "--tokenizer", str(tokenizer), "--out-dir", str(run), "--seed", str(a.seed)],
                        env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     trained = json.loads((run / "train.json").read_text())
+    t = time.perf_counter()
     quantize_model(run / "model.pt", run / "hessians.pt", cfg["quant"], run / "quant.bin", run / "quant.json")
     art = compress_artifact(run / "quant.bin", cfg["compress"], run / "model.blob", run / "code.py",
                             run / "artifact.json")
+    print(f"pgolf seed {a.seed}: GPTQ + compression in {time.perf_counter() - t:.1f}s", flush=True)
     scores = {}
-    for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
-        for name, stride in (("full", cfg["eval"]["seq_len"]), ("sliding", cfg["eval"]["stride"])):
+    result = {"seed": a.seed, "steps": trained["steps"], "batch_tokens": a.batch_tokens,
+              "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
+              "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
+    # Full-window scores first, and quality.json rewritten after each: a run cut by its time limit keeps them.
+    for name, stride in (("full", cfg["eval"]["seq_len"]), ("sliding", cfg["eval"]["stride"])):
+        for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
             ev = dict(cfg["eval"], stride=stride)
             r = evaluate_files("artifact" if mode == "quantized" else "prequant", path, val_dir, tokenizer, ev,
                                a.device, run / f"eval_{mode}_{name}.json")
             scores[f"{mode}_{name}"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"]}
             print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
                   flush=True)
-    result = {"seed": a.seed, "steps": trained["steps"], "batch_tokens": a.batch_tokens,
-              "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
-              "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
-    (out / "quality.json").write_text(json.dumps(result, indent=2))
+            (out / "quality.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -2,7 +2,7 @@
 # Issue 3's quality comparison on the device: the record's script and pgolf's stages on the same real
 # sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
 # pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
-#   [PARALLEL=1] bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+#   [PARALLEL=1] [EAGER=1] bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
 # Carry [".ref", ".whl"]: .whl holds the brotli and zstandard wheels pgolf.artifact imports (the device
 # image has neither). 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the
 # 6.9M training tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64
@@ -25,7 +25,18 @@ nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 # own copy of the record's code, because the record writes final_model.pt into its working directory.
 # Measured on one H100: six at once were all still compiling after 590 s; two at once (one seed) took
 # 528 s for pgolf, with Inductor's compile workers capped at 8 per process. Run one seed per call.
-[[ "${PARALLEL:-0}" == 1 ]] && export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}"
+# Each process also gets 2 CPU threads: six processes with torch's default 16 OpenMP threads each on 16
+# cores stalled before their first step (eager, 470 s without a log line).
+if [[ "${PARALLEL:-0}" == 1 ]]; then
+  export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+fi
+# EAGER=1 turns torch.compile off on both sides (TORCHDYNAMO_DISABLE=1): the record compiles its model
+# three times (training, quantized eval, sliding eval), which alone filled most of a 600 s call. Same math
+# as compiled up to bf16 rounding (bench --check: 1.3e-6 relative), so the comparison stays fair; eager
+# runs are launch-bound and share the GPU well, so all three seeds fit in one call.
+[[ "${EAGER:-0}" == 1 ]] && export TORCHDYNAMO_DISABLE=1
+# RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside the call's limit.
+LIMIT=(); [[ -n "${RUN_TIMEOUT:-}" ]] && LIMIT=(timeout "$RUN_TIMEOUT")
 run_one() {
   local seed="$1" side="$2" start; start=$(date +%s)
   if [[ "$side" == ref ]]; then
@@ -36,9 +47,9 @@ run_one() {
     (cd "$dir" && rm -f "logs/quality_s$seed.txt" && PYTHONUNBUFFERED=1 DATA_DIR=./data_text/ SEED="$seed" \
       RUN_ID="quality_s$seed" ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" MAX_WALLCLOCK_SECONDS=0 \
       WARMUP_STEPS=5 TRAIN_LOG_EVERY=50 EMA_DECAY="$EMA" VAL_LOSS_EVERY=0 SLIDING_WINDOW_ENABLED=1 COMPRESSOR=lzma \
-      REF_STOP_AFTER_TRAIN=0 python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
+      REF_STOP_AFTER_TRAIN=0 "${LIMIT[@]}" python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
   else
-    python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
+    "${LIMIT[@]}" python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
       --set ema_decay="$EMA" > "$OUT/pgolf_s$seed.log" 2>&1
   fi
   echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
