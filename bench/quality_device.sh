@@ -31,9 +31,10 @@ if [[ "${PARALLEL:-0}" == 1 ]]; then
   export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 fi
 # EAGER=1 turns torch.compile off on both sides (TORCHDYNAMO_DISABLE=1): the record compiles its model
-# three times (training, quantized eval, sliding eval), which alone filled most of a 600 s call. Same math
-# as compiled up to bf16 rounding (bench --check: 1.3e-6 relative), so the comparison stays fair; eager
-# runs are launch-bound and share the GPU well, so all three seeds fit in one call.
+# three times (training, quantized eval, sliding eval), which alone filled most of a 600 s call; eager
+# runs share the GPU well, so three seeds of a side fit in one call. Not the same numbers as compiled:
+# eager rounds every intermediate to bf16, and the record's bf16 softcap costs it ~0.035 bpb eager
+# (docs/benchmarks.md §6a), so EAGER=1 favours pgolf (which upcasts before the softcap).
 [[ "${EAGER:-0}" == 1 ]] && export TORCHDYNAMO_DISABLE=1
 # RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside the call's limit.
 LIMIT=(); [[ -n "${RUN_TIMEOUT:-}" ]] && LIMIT=(timeout "$RUN_TIMEOUT")
