@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pgolf.docs import docs_jsonl_bytes, read_jsonl_texts  # noqa: E402
-from pgolf.shards import build_shards, read_shard, shard_paths, write_shard  # noqa: E402
+from pgolf.shard_format import read_shard, shard_paths, write_shard  # noqa: E402
+from pgolf.shards import build_shards  # noqa: E402
 
 VAL_FILE = "fineweb_pg_docs_selected_sample200.jsonl"
 SEQ_LEN = 2048

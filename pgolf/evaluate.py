@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pgolf.bpb import bits_per_byte, byte_luts, target_bytes
 from pgolf.io import write_json
-from pgolf.shards import load_tokens, shard_paths
+from pgolf.shard_format import load_tokens, shard_paths
 
 log = logging.getLogger(__name__)
 

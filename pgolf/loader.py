@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.shards import read_shard, shard_paths
+from pgolf.shard_format import read_shard, shard_paths
 
 
 class TokenStream:

@@ -1,7 +1,7 @@
 """The published, pre-tokenized challenge shards (e.g. HF `kevclark/parameter-golf`,
 `datasets/fineweb10B_sp8192/`), for leaderboard-comparable numbers without re-tokenizing 15M docs.
 
-Each downloaded shard is checked with pgolf.shards.read_shard (magic, version, size) and against the
+Each downloaded shard is checked with pgolf.shard_format.read_shard (magic, version, size) and against the
 tokenizer's vocabulary before it is placed in the stage's train/ or val/ directory.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pgolf.hub import download_dataset_file
 from pgolf.io import atomic_dir, sha256_file, write_json
-from pgolf.shards import read_shard
+from pgolf.shard_format import read_shard
 from pgolf.tokenizer import check_tokenizer
 
 log = logging.getLogger(__name__)

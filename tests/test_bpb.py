@@ -8,7 +8,7 @@ import torch
 
 from pgolf.bpb import bits_per_byte, byte_luts, count_doc_bytes, target_bytes
 from pgolf.docs import load_split, read_jsonl_texts
-from pgolf.shards import load_tokens, shard_paths
+from pgolf.shard_format import load_tokens, shard_paths
 
 ADVERSARIAL = [
     "emoji 😀🚀 👍🏽 ❤️ 🇫🇷 family 👨‍👩‍👧", "CJK 東京 北京大学 日本語の文章 한국어", "line\u2028sep\u2029para",

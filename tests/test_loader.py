@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pgolf.loader import DistributedTokenLoader, ShuffledWindows, TokenStream
-from pgolf.shards import load_tokens, read_shard, shard_paths, write_shard
+from pgolf.shard_format import load_tokens, read_shard, shard_paths, write_shard
 
 
 def test_ranks_get_disjoint_contiguous_slices_of_the_global_batch(tiny_corpus):

@@ -4,7 +4,7 @@ import pytest
 
 from pgolf.io import read_json
 from pgolf.published import fetch_published_shards, published_names
-from pgolf.shards import load_tokens, shard_paths, write_shard
+from pgolf.shard_format import load_tokens, shard_paths, write_shard
 from pgolf.tokenizer import build_tokenizer
 
 CFG = {"hf_repo": "kevclark/parameter-golf", "hf_dir": "datasets/datasets/fineweb10B_sp8192",

@@ -6,7 +6,8 @@ import sentencepiece as spm
 
 from pgolf.docs import load_split
 from pgolf.io import read_json, sha256_file
-from pgolf.shards import build_shards, load_tokens, read_shard, shard_paths, write_shard
+from pgolf.shard_format import load_tokens, read_shard, shard_paths, write_shard
+from pgolf.shards import build_shards
 
 
 def test_round_trip_and_exact_layout(tmp_path):
