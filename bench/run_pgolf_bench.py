@@ -69,7 +69,7 @@ def check(train_cfg: dict) -> None:
 
 def apply_sets(section: dict, pairs: list[str]) -> None:
     """`--set key=yaml_value ...` overrides into a config section. YAML 1.1 reads bare on/off/yes/no as
-    booleans: quote enum strings (`fused_mlp='"on"'`), as the config files do."""
+    booleans: quote enum strings (`key='"on"'`), as the config files do."""
     for kv in pairs:
         k, _, v = kv.partition("=")
         section[k] = yaml.safe_load(v)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgolf.fused_mlp import fused_mlp, use_fused
 
 # -----------------------------------------------------------------------------------------------
 # Attention backend. On Hopper the cuDNN SDPA kernel is the fastest PyTorch offers (FA3 is not on
@@ -135,8 +134,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """fc (dim -> mlp_mult·dim), relu² or leaky_relu(0.5)², proj back. With train.fused_mlp on/auto, a CUDA
-    training forward of the leaky variant runs pgolf.fused_mlp (activation in Triton GEMM epilogues)."""
+    """fc (dim -> mlp_mult·dim), relu² or leaky_relu(0.5)², proj back (Inductor fuses the activation)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -145,8 +143,6 @@ class MLP(nn.Module):
         self.leaky = cfg.mlp_activation == "leaky_relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x, self.leaky, self.training, self.fc.in_features):  # train.fused_mlp, CUDA only
-            return fused_mlp(x, self.fc.weight, self.proj.weight)
         h = self.fc(x)
         h = F.leaky_relu(h, 0.5) if self.leaky else F.relu(h)
         return self.proj(h.square())

@@ -19,8 +19,8 @@ from snakemake_executor_plugin_runpod.pods import PodSpecError, canonical_gpu_ty
 
 log = logging.getLogger(__name__)
 
-# Packed code of a record submission (train_gpt.py-sized): a conservative default.
-CODE_BYTES_ESTIMATE = 60_000
+# pgolf's packed code.py measures ~25.5 KB (docs/benchmarks.md §6b); a little headroom for growth.
+CODE_BYTES_ESTIMATE = 30_000
 # The estimate is only an estimate: refuse a config only when it is clearly over the limit, and
 # warn when it lands within a few percent of it.
 ERROR_ABOVE_FRACTION = 1.05

@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from pgolf import io
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
-from pgolf.fused_mlp import set_fused_mlp
 from pgolf.hessians import collect_hessians
 from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
@@ -49,7 +48,6 @@ TRAIN_DEFAULTS = dict(
     compile=False,                   # torch.compile the model and Newton–Schulz (GPU path)
     compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
     attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
-    fused_mlp="off",                 # off | auto | on: LeakyReLU² in Triton GEMM epilogues (CUDA training only)
     data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
     sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
     embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
@@ -152,7 +150,6 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     rank, world_size, device = init_distributed(cfg["device"])
     log = RunLog(rank == 0)
     attention = configure_cuda(device, cfg["attention_backend"]) if device.type == "cuda" else "cpu-default"
-    set_fused_mlp(cfg["fused_mlp"])
     seed_everything(seed)
 
     vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()

@@ -200,14 +200,14 @@ def test_packed_code_drops_comments_and_docstrings_and_nothing_else(tmp_path, mo
     sources, code = module_sources(), pack_code()
     packed = packed_sources(code)
     assert list(packed) == list(sources)
-    comment, docstring = "# base85 is ~7% denser than base64", "PyTorch emulation of _mm_leaky2"
-    assert comment in sources["pgolf.artifact"] and docstring in sources["pgolf.fused_mlp"]
-    assert comment not in packed["pgolf.artifact"] and docstring not in packed["pgolf.fused_mlp"]
+    comment, docstring = "# base85 is ~7% denser than base64", "Approximate polar factor U Vᵀ of a 2-D matrix"
+    assert comment in sources["pgolf.artifact"] and docstring in sources["pgolf.muon"]
+    assert comment not in packed["pgolf.artifact"] and docstring not in packed["pgolf.muon"]
     for name, src in sources.items():  # the same syntax tree, docstrings aside: unparse changed no code
         assert ast.dump(ast.parse(packed[name])) == without_docstrings(src), name
     snippet = """
-        import pgolf.fused_mlp, pgolf.train
-        assert pgolf.fused_mlp._launch_torch.__doc__ is None and pgolf.fused_mlp.__doc__ is None
+        import pgolf.muon, pgolf.train
+        assert pgolf.muon.newton_schulz.__doc__ is None and pgolf.muon.__doc__ is None
         assert pgolf.train.__doc__ is None
     """
     result = run_packed(code, tmp_path, snippet)
