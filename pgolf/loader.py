@@ -38,9 +38,7 @@ class TokenStream:
 
     def _next_shard(self) -> None:
         self.shard_index = (self.shard_index + 1) % len(self.paths)
-        path = self.paths[self.shard_index]
-        self.tokens, self.pos = np.asarray(read_shard(path)), 0
-        _check_vocab(self.tokens, self.vocab_size, path)
+        self.tokens, self.pos = read_shard(self.paths[self.shard_index]), 0
 
     def take(self, n: int) -> np.ndarray:
         parts, needed = [], n
@@ -49,6 +47,7 @@ class TokenStream:
                 self._next_shard()
                 continue
             chunk = self.tokens[self.pos:self.pos + needed]
+            _check_vocab(chunk, self.vocab_size, self.paths[self.shard_index])
             parts.append(chunk)
             self.pos += chunk.size
             needed -= chunk.size
@@ -56,6 +55,8 @@ class TokenStream:
 
 
 def _check_vocab(tokens: np.ndarray, vocab_size: int, where) -> None:
+    # Only the tokens a batch takes are checked (a max over ~1 MB per step): a scan of whole shards
+    # would land on the training clock, in the first steps, for every shard the permutation touches.
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise ValueError(f"{where}: token id {int(tokens.max())} >= tokenizer vocab_size {vocab_size}")
 
@@ -72,7 +73,6 @@ class ShuffledWindows:
             raise ValueError(f"train shards in {self.paths[0].parent} hold no window of seq_len + 1 = {seq_len + 1} "
                              f"tokens: lower train.seq_len or add data")
         self.rng = np.random.default_rng(seed)
-        self.checked = [False] * len(self.shards)
         self._new_epoch()
 
     def _new_epoch(self) -> None:
@@ -84,29 +84,35 @@ class ShuffledWindows:
         self.first_window = np.concatenate([[0], np.cumsum(counts)])
         self.order, self.pos = self.rng.permutation(int(self.first_window[-1])), 0
 
-    def take(self, n: int) -> np.ndarray:
-        """The next n windows of the permutation as an [n, seq_len + 1] uint16 array."""
-        out = np.empty((n, self.seq_len + 1), dtype=np.uint16)
-        for row in range(n):
-            if self.pos == self.order.size:
-                self._new_epoch()
-            g = int(self.order[self.pos])
-            self.pos += 1
-            si = int(np.searchsorted(self.first_window, g, side="right")) - 1
-            if not self.checked[si]:  # once per shard, when first read: no full scan at start-up
-                _check_vocab(self.shards[si], self.vocab_size, self.paths[si])
-                self.checked[si] = True
-            start = int(self.phase[si]) + (g - int(self.first_window[si])) * self.seq_len
-            out[row] = self.shards[si][start:start + self.seq_len + 1]
-        return out
-
-    def skip(self, n: int) -> None:
-        """Advance past n windows without reading them (the other ranks' part of a step)."""
+    def _chunks(self, n: int):
+        """The next n window indices of the permutation, one chunk per epoch touched. A chunk must be used
+        before the next is drawn: drawing past an epoch's end starts a new one (new phases and boundaries)."""
         while n:
             if self.pos == self.order.size:
                 self._new_epoch()
             step = min(n, self.order.size - self.pos)
+            yield self.order[self.pos:self.pos + step]
             self.pos, n = self.pos + step, n - step
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n windows of the permutation as an [n, seq_len + 1] uint16 array."""
+        out, row_shard, row = np.empty((n, self.seq_len + 1), dtype=np.uint16), np.empty(n, dtype=np.int64), 0
+        for g in self._chunks(n):
+            shard = np.searchsorted(self.first_window, g, side="right") - 1
+            starts = self.phase[shard] + (g - self.first_window[shard]) * self.seq_len
+            row_shard[row:row + g.size] = shard
+            for si, start in zip(shard.tolist(), starts.tolist()):
+                out[row] = self.shards[si][start:start + self.seq_len + 1]
+                row += 1
+        if n and int(out.max()) >= self.vocab_size:
+            bad = int(np.argmax(out.max(axis=1) >= self.vocab_size))
+            _check_vocab(out[bad], self.vocab_size, self.paths[row_shard[bad]])
+        return out
+
+    def skip(self, n: int) -> None:
+        """Advance past n windows without reading them (the other ranks' part of a step)."""
+        for _ in self._chunks(n):
+            pass
 
 
 DATA_ORDERS = ("shuffled", "stream")

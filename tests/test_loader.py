@@ -36,8 +36,10 @@ def test_batch_must_split_evenly(tiny_corpus):
 
 def test_token_outside_vocabulary_is_reported(tmp_path):
     write_shard(tmp_path / "fineweb_train_000000.bin", np.array([1, 5, 600], dtype=np.uint16))
-    with pytest.raises(ValueError, match="token id 600 >= tokenizer vocab_size 512"):
-        TokenStream(shard_paths(tmp_path), 512)
+    stream = TokenStream(shard_paths(tmp_path), 512)
+    assert stream.take(2).tolist() == [1, 5]  # only the tokens taken are checked
+    with pytest.raises(ValueError, match="fineweb_train_000000.bin: token id 600 >= tokenizer vocab_size 512"):
+        stream.take(1)
 
 
 def _all_windows(train_dir, seq_len):
@@ -110,7 +112,8 @@ def test_shuffled_refuses_shards_shorter_than_a_window(tmp_path):
         ShuffledWindows(shard_paths(tmp_path), 512, 16, seed=0)
 
 
-def test_shuffled_reports_tokens_outside_the_vocabulary(tmp_path):
-    write_shard(tmp_path / "fineweb_train_000000.bin", np.full(100, 600, dtype=np.uint16))
-    with pytest.raises(ValueError, match="fineweb_train_000000.bin: token id 600 >= tokenizer vocab_size 512"):
-        ShuffledWindows(shard_paths(tmp_path), 512, 16, seed=0).take(1)
+def test_shuffled_reports_tokens_outside_the_vocabulary_with_their_shard(tmp_path):
+    write_shard(tmp_path / "fineweb_train_000000.bin", np.full(100, 7, dtype=np.uint16))
+    write_shard(tmp_path / "fineweb_train_000001.bin", np.full(100, 600, dtype=np.uint16))
+    with pytest.raises(ValueError, match="fineweb_train_000001.bin: token id 600 >= tokenizer vocab_size 512"):
+        ShuffledWindows(shard_paths(tmp_path), 512, 16, seed=0).take(10)  # a whole epoch: both shards
