@@ -133,34 +133,46 @@ def test_pod_reporting_failure_fails_the_job(tmp_path):
     _assert_no_secret(run.stdout, run.stderr, _all_logs(wd))
 
 
+@pytest.fixture
+def sigint_caught():
+    """A pytest started as a background job (`cmd &`, nohup, from a non-interactive shell) has SIGINT
+    ignored, a child inherits that across exec, and Python there installs no KeyboardInterrupt handler.
+    A caught SIGINT is reset to SIG_DFL by exec: catch it here while the test starts its children."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @needs_rsync
-def test_ctrl_c_terminates_this_runs_pods_only(tmp_path):
+def test_ctrl_c_terminates_this_runs_pods_only(tmp_path, sigint_caught):
     wd, storage = _workflow(tmp_path), tmp_path / "storage"
     with FakeRunPod(tmp_path / "pods") as fake:
         # A pod of an earlier pgolf run must survive too: cleanup matches this run's tag only.
         fake.pods["old-run-pod"] = {"id": "old-run-pod", "name": "pgolf-0ldrun00-7", "desiredStatus": "RUNNING"}
-        # A child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler: give
-        # snakemake the default disposition a terminal would, whatever earlier tests left in this process.
         proc = subprocess.Popen(_snakemake_args(storage), cwd=wd, env=_env(fake.url, tmp_path, sleep_s=60),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        # Ctrl-C once the job runs: the pod is rented and a status check has followed (a signal that lands
-        # inside the rent call itself is not what this test covers).
-        def polled_after_rent():
-            queries = [q for _, q in fake.requests]
-            rents = [i for i, q in enumerate(queries) if "podFindAndDeployOnDemand" in q]
-            return bool(rents) and len(queries) > rents[0] + 1
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Ctrl-C once the job runs: the pod is rented and a status check has followed (a signal that lands
+            # inside the rent call itself is not what this test covers).
+            def polled_after_rent():
+                queries = [q for _, q in fake.requests]
+                rents = [i for i, q in enumerate(queries) if "podFindAndDeployOnDemand" in q]
+                return bool(rents) and len(queries) > rents[0] + 1
 
-        deadline = time.time() + 60
-        while not polled_after_rent() and time.time() < deadline:
-            time.sleep(0.2)
-        assert any(p["id"].startswith("pod") for p in fake.pods.values()), "no pod was rented"
-        assert polled_after_rent(), "no status check after the pod was rented"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode != 0
-        assert fake.terminated == ["pod001"]
-        assert set(fake.pods) == {"foreign-pod", "old-run-pod"}
+            deadline = time.time() + 60
+            while not polled_after_rent() and time.time() < deadline:
+                time.sleep(0.2)
+            assert any(p["id"].startswith("pod") for p in fake.pods.values()), "no pod was rented"
+            assert polled_after_rent(), "no status check after the pod was rented"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode != 0
+            assert fake.terminated == ["pod001"]
+            assert set(fake.pods) == {"foreign-pod", "old-run-pod"}
+        finally:  # a failed assertion or timeout must not leave snakemake running
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     _assert_no_secret(out, err, _all_logs(wd))
 
 
