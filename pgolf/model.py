@@ -202,6 +202,13 @@ class GPT(nn.Module):
         )
         return losses.view_as(target_ids) if reduction == "none" else losses
 
+    def scored_losses(self, input_ids: torch.Tensor, target_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy (nats, float32) of the targets where `keep` is true, in row-major order.
+        The head runs on those positions only: a sliding window scores `stride` of its `seq_len` targets,
+        and the [batch, seq, vocab] logits of the rest would be most of the evaluation's memory traffic."""
+        hidden = self.hidden_states(input_ids)[keep]
+        return F.cross_entropy(self.head(hidden), target_ids[keep], reduction="none")
+
 
 def build_model(model_config: dict) -> GPT:
     return GPT(ModelConfig.from_dict(model_config))

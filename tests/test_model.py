@@ -110,3 +110,17 @@ def test_loss_equals_manual_cross_entropy():
     assert per_token.shape == (2, 16) and per_token.dtype == torch.float32
     torch.testing.assert_close(per_token.double(), manual, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.loss(ids, targets).double(), manual.mean(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"loop_layers": [1], "loop_repeats": 3, "unet_skips": True}])
+def test_scored_losses_are_the_per_token_losses_of_the_kept_positions(overrides):
+    model = random_model(**overrides)
+    model.looping = bool(overrides)
+    ids, targets = torch.randint(0, VOCAB, (3, 16)), torch.randint(0, VOCAB, (3, 16))
+    keep = torch.zeros(3, 16, dtype=torch.bool)
+    keep[0, :] = True   # a first window scores everything
+    keep[1, 12:] = True  # a later one only its last stride
+    keep[2, 15] = True
+    scored = model.scored_losses(ids, targets, keep)
+    assert scored.shape == (16 + 4 + 1,) and scored.dtype == torch.float32
+    torch.testing.assert_close(scored, model.loss(ids, targets, reduction="none")[keep], atol=1e-6, rtol=1e-6)
