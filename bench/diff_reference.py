@@ -934,8 +934,8 @@ class ConstantLoss(torch.nn.Module):
     def forward(self, x, y):
         return torch.ones(())
 
-    def loss(self, x, y, reduction="mean"):
-        return torch.ones(y.shape)
+    def scored_losses(self, x, y, keep):
+        return torch.ones(int(keep.sum()))
 
 
 def reference_val_data(ctx, tokens: np.ndarray):

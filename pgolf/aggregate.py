@@ -26,7 +26,8 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
         train, artifact = read_json(row["train"]), read_json(row["artifact"])
         scored, prequant = read_json(row["eval"]), read_json(row["prequant"])
         on_gpu = str(train.get("device", "cpu")).startswith("cuda")
-        gpu_seconds = train["train_seconds"] * train["world_size"] + scored["eval_seconds"] if on_gpu else 0.0
+        eval_gpu_seconds = scored["eval_seconds"] * scored.get("world_size", 1)
+        gpu_seconds = train["train_seconds"] * train["world_size"] + eval_gpu_seconds if on_gpu else 0.0
         records.append({
             "ablation": row["ablation"],
             "seed": row["seed"],
@@ -44,7 +45,7 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
             "world_size": train["world_size"],
             "device": train["device"],
             "gpu_hours": gpu_seconds / 3600.0,
-            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect)],
+            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
     return pd.DataFrame.from_records(records)

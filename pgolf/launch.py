@@ -1,4 +1,4 @@
-"""Launch the train stage under torchrun and move its files onto the paths Snakemake asked for."""
+"""Launch the train and eval stages under torchrun and move their files onto the paths Snakemake asked for."""
 from __future__ import annotations
 
 import os
@@ -16,14 +16,22 @@ TRAIN_FILES = ("model.pt", "hessians.pt", "train.log", "train.json")
 REPO_ROOT = Path(pgolf.__file__).resolve().parents[1]
 
 
-def torchrun_command(nproc: int, config_json, train_dir, tokenizer, out_dir, seed: int,
-                     python: str = sys.executable) -> list[str]:
+def torchrun_command(nproc: int, module: str, args: list, python: str = sys.executable) -> list[str]:
     """`python -m torch.distributed.run` rather than `torchrun`, so the launcher is the venv's own."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "pgolf.train", "--config", str(config_json), "--train-dir", str(train_dir),
-            "--tokenizer", str(tokenizer), "--out-dir", str(out_dir), "--seed", str(int(seed))]
+            "-m", module, *(str(a) for a in args)]
+
+
+def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str) -> None:
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(threads, nproc))
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log_path}")
 
 
 def launch_env(threads: int, nproc: int, base: dict | None = None) -> dict:
@@ -50,16 +58,35 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
         config_json = scratch / "params.json"
         io.write_json(config_json, cfg)
         out_dir = scratch / "out"
-        cmd = torchrun_command(nproc, config_json, train_dir, tokenizer, out_dir, seed)
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log:
-            log.write("$ " + " ".join(cmd) + "\n")
-            log.flush()
-            result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(threads, nproc))
-        if result.returncode != 0:
-            raise RuntimeError(f"training failed (exit {result.returncode}); see {log_path}")
+        cmd = torchrun_command(nproc, "pgolf.train", ["--config", config_json, "--train-dir", train_dir,
+                                                      "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
+        _run_logged(cmd, log_path, threads, nproc, "training")
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(out_dir / name, outputs[name])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, out_json, log_path, nproc: int,
+             threads: int) -> None:
+    """The eval stage with `nproc` ranks. One rank runs in this process (the CPU path: no start-up cost);
+    more run under torchrun, writing into a scratch file that becomes out_json only if every rank succeeded."""
+    if nproc <= 1:
+        from pgolf.evaluate import evaluate_files
+
+        evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, out_json)
+        return
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".eval.", dir=out_json.parent))
+    try:
+        config_json = scratch / "params.json"
+        io.write_json(config_json, cfg)
+        cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir", val_dir,
+                                                         "--tokenizer", tokenizer, "--config", config_json,
+                                                         "--device", device, "--out", scratch / "eval.json"])
+        _run_logged(cmd, log_path, threads, nproc, "evaluation")
+        shutil.move(scratch / "eval.json", out_json)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Post-flight: compare one seed's train.json / artifact.json with the config's expectations and
+"""Post-flight: compare one seed's train.json / artifact.json / eval.json with the config's expectations and
 return flags, so aggregate can mark a run (a `flags` column) instead of silently ranking it.
 
 Proposed config section (all keys optional; absent or null means "not checked"):
@@ -8,6 +8,7 @@ Proposed config section (all keys optional; absent or null means "not checked"):
       min_steps: 13000           # fewer optimizer steps than this within the time budget
       world_size: 8              # torchrun ranks the run must have used
       train_seconds_max: 600     # the challenge's training wall-clock budget
+      eval_seconds_max: 600      # and its evaluation budget (the artifact's scored eval)
       artifact_bytes_max: 16000000
 """
 
@@ -17,7 +18,8 @@ from pgolf import ARTIFACT_LIMIT_BYTES as LIMIT_BYTES
 from pgolf.io import read_json
 
 
-def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]) -> list:
+def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping],
+          scored: Optional[Mapping] = None) -> list:
     """Flag strings like 'slow_steps: step_ms 52.10 > 45.00'; empty when everything is as expected."""
     expect = dict(expect or {})
     out = []
@@ -33,6 +35,10 @@ def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]
     seconds_max = expect.get("train_seconds_max")
     if seconds_max is not None and train.get("train_seconds", 0) > seconds_max:
         out.append(f"over_time: train_seconds {train['train_seconds']:.1f} > {seconds_max}")
+    eval_max = expect.get("eval_seconds_max")
+    if eval_max is not None and scored is not None and scored.get("eval_seconds", 0) > eval_max:
+        out.append(f"slow_eval: eval_seconds {scored['eval_seconds']:.1f} > {eval_max} "
+                   f"on {scored.get('world_size', 1)} rank(s)")
     if artifact is not None:
         limit = expect.get("artifact_bytes_max") or artifact.get("limit_bytes") or LIMIT_BYTES
         if artifact["total_bytes"] > limit or artifact.get("fits") is False:
@@ -40,5 +46,6 @@ def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]
     return out
 
 
-def flags_from_files(train_json, artifact_json, expect: Optional[Mapping]) -> list:
-    return flags(read_json(train_json), read_json(artifact_json) if artifact_json else None, expect)
+def flags_from_files(train_json, artifact_json, expect: Optional[Mapping], eval_json=None) -> list:
+    return flags(read_json(train_json), read_json(artifact_json) if artifact_json else None, expect,
+                 read_json(eval_json) if eval_json else None)

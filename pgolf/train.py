@@ -35,6 +35,7 @@ from tqdm import tqdm
 from pgolf import io
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
 from pgolf.hessians import collect_hessians
+from pgolf.distributed import init_distributed
 from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
 from pgolf.optim import EMA, build_optimizers, lr_scale, muon_momentum, set_schedules
@@ -65,22 +66,6 @@ TRAIN_DEFAULTS = dict(
 
 # -----------------------------------------------------------------------------------------------
 # Setup: processes, devices, seeds
-
-
-def init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun joins the process group: nccl on GPU, gloo on CPU."""
-    if device_pref not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device={device_pref!r}: expected auto, cpu or cuda")
-    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if "WORLD_SIZE" in os.environ:
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    return rank, world_size, device
 
 
 def seed_everything(seed: int) -> None:

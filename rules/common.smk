@@ -101,8 +101,11 @@ def train_gpus(wildcards):
 
 
 def eval_gpus(stage):
-    """Eval runs one process: one GPU when the config trains on CUDA."""
-    return lambda wildcards: 1 if stage_config(stage, wildcards)["train"]["device"] == "cuda" else 0
+    """Eval runs one rank per GPU on as many GPUs as training used (the challenge's 8×H100); none on CPU."""
+    def gpus(wildcards):
+        train = stage_config(stage, wildcards)["train"]
+        return train["nproc"] if train["device"] == "cuda" else 0
+    return gpus
 
 
 def seed_rows():

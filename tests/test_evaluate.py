@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,9 @@ class Bigram(torch.nn.Module):
         nll = torch.nn.functional.cross_entropy(self.table[inputs].transpose(1, 2), targets, reduction="none")
         return nll if reduction == "none" else nll.mean()
 
+    def scored_losses(self, inputs, targets, keep):
+        return self.loss(inputs, targets, reduction="none")[keep]
+
 
 def test_sliding_eval_totals_match_direct_sum():
     torch.manual_seed(0)
@@ -50,3 +55,50 @@ def test_sliding_eval_totals_match_direct_sum():
         assert result["scored_bytes"] == direct_bytes
         assert result["val_loss"] == pytest.approx(direct_nll / 776, rel=1e-6)
         assert result["val_bpb"] == pytest.approx(direct_nll / np.log(2) / direct_bytes, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory, tiny_corpus):
+    """A random tiny model saved as the train stage saves model.pt (eval needs no training)."""
+    from pgolf.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                                             rope_base=10000.0, logit_softcap=30.0, seq_len=64), tiny_corpus.vocab_size)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save({"model_config": config.to_dict(), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tiny_corpus, tmp_path):
+    """run_eval with 2 ranks (torchrun, gloo) splits the windows and all-reduces: same totals as in-process."""
+    from pgolf.launch import run_eval
+
+    cfg = {"seq_len": 64, "stride": 16, "batch_seqs": 7}  # an odd batch count: the ranks' shares differ
+    results = {}
+    for nproc in (1, 2):
+        out, log = tmp_path / f"eval{nproc}.json", tmp_path / f"eval{nproc}.log"
+        run_eval("prequant", random_checkpoint, tiny_corpus.val_dir, tiny_corpus.tokenizer_model, cfg, "cpu", out,
+                 log, nproc=nproc, threads=2)
+        results[nproc] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["scored_tokens"] == one["scored_tokens"] > 0 and two["scored_bytes"] == one["scored_bytes"]
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-12)
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-12)
+    assert not list(tmp_path.glob(".eval.*")), "scratch left behind"
+
+
+def test_failed_torchrun_eval_leaves_no_output(random_checkpoint, tiny_corpus, tmp_path):
+    from pgolf.launch import run_eval
+
+    out = tmp_path / "eval.json"
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run_eval("prequant", random_checkpoint, tiny_corpus.train_dir / "missing", tiny_corpus.tokenizer_model,
+                 {"seq_len": 64, "stride": 16, "batch_seqs": 7}, "cpu", out, tmp_path / "eval.log", nproc=2, threads=2)
+    assert not out.exists() and not list(tmp_path.glob(".eval.*"))
+    assert "no *.bin shards" in (tmp_path / "eval.log").read_text()

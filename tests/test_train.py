@@ -8,7 +8,7 @@ import torch
 from pgolf.hessians import EMBED_KEY, NUM_TOKENS_KEY
 from pgolf.launch import TRAIN_FILES, launch_env, run_train, torchrun_command
 from pgolf.model import build_model
-from pgolf.train import TRAIN_DEFAULTS, train
+from pgolf.train import train
 
 TINY = dict(nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
             rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1, max_steps=20,
@@ -105,9 +105,11 @@ def test_missing_config_key_is_named(tiny_corpus, tmp_path):
 
 
 def test_torchrun_command_and_env():
-    cmd = torchrun_command(2, "p.json", "tr", "tok.model", "out", seed=3, python="/venv/python")
-    assert cmd[:5] == ["/venv/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert cmd[5:7] == ["-m", "pgolf.train"] and cmd[-2:] == ["--seed", "3"]
+    cmd = torchrun_command(2, "pgolf.train", ["--config", "p.json", "--seed", 3], python="/venv/python")
+    assert cmd == ["/venv/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "-m", "pgolf.train", "--config", "p.json", "--seed", "3"]
+    with pytest.raises(ValueError, match="nproc must be >= 1"):
+        torchrun_command(0, "pgolf.train", [])
     env = launch_env(threads=4, nproc=2, base={"PYTHONPATH": "/x"})
     assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONPATH"].endswith("/x")
 

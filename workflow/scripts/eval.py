@@ -1,9 +1,12 @@
-"""Snakemake entry point: score the compressed artifact (or the pre-quant model) on val shards."""
+"""Snakemake entry point: score the compressed artifact (or the pre-quant model) on val shards, one rank per GPU."""
 import logging
 
-from pgolf.evaluate import evaluate_files
+from pgolf.launch import run_eval
 
-logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(message)s")
-model_path = snakemake.input.blob if snakemake.params.mode == "artifact" else snakemake.input.model
-evaluate_files(snakemake.params.mode, model_path, snakemake.input.val, snakemake.input.tokenizer,
-               snakemake.params.cfg, snakemake.params.device, snakemake.output.summary)
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,  # noqa: F821 (injected by Snakemake)
+                    format="%(asctime)s %(message)s")
+params, inputs = snakemake.params, snakemake.input  # noqa: F821
+gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)  # noqa: F821
+run_eval(params.mode, inputs.blob if params.mode == "artifact" else inputs.model, inputs.val, inputs.tokenizer,
+         dict(params.cfg), params.device, snakemake.output.summary, snakemake.log[0],  # noqa: F821
+         nproc=max(gpus, 1), threads=snakemake.threads)  # noqa: F821
