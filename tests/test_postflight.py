@@ -31,3 +31,11 @@ def test_flags_from_files(tmp_path):
     assert postflight.flags_from_files(tmp_path / "train.json", tmp_path / "artifact.json",
                                        {"world_size": 8, "artifact_bytes_max": 15_000_000}) == [
         "world_size: 1 != 8", "over_size: 15847000 bytes > 15000000"]
+
+
+def test_slow_artifact_eval_is_flagged():
+    expect = {**EXPECT, "eval_seconds_max": 600}
+    assert postflight.flags(TRAIN, ARTIFACT, expect, {"eval_seconds": 599.0, "world_size": 8}) == []
+    assert postflight.flags(TRAIN, ARTIFACT, expect, {"eval_seconds": 612.34, "world_size": 1}) == [
+        "slow_eval: eval_seconds 612.3 > 600 on 1 rank(s)"]
+    assert postflight.flags(TRAIN, ARTIFACT, expect) == []  # no eval.json: nothing to check
