@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pgolf
@@ -22,6 +23,19 @@ def torchrun_command(nproc: int, module: str, args: list, python: str = sys.exec
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", module, *(str(a) for a in args)]
+
+
+@contextmanager
+def _scratch(parent: Path, prefix: str, cfg: dict):
+    """A scratch directory inside `parent` holding the ranks' params.json, removed whatever happens: the
+    ranks write there, and their files move to the rule's outputs only after every rank exited cleanly."""
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        io.write_json(scratch / "params.json", cfg)
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str) -> None:
@@ -51,21 +65,14 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
     missing = [name for name in TRAIN_FILES if name not in outputs]
     if missing:
         raise KeyError(f"run_train: no output path for {', '.join(missing)}")
-    model_dir = Path(outputs["model.pt"]).parent
-    model_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".train.", dir=model_dir))
-    try:
-        config_json = scratch / "params.json"
-        io.write_json(config_json, cfg)
+    with _scratch(Path(outputs["model.pt"]).parent, ".train.", cfg) as scratch:
         out_dir = scratch / "out"
-        cmd = torchrun_command(nproc, "pgolf.train", ["--config", config_json, "--train-dir", train_dir,
+        cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
         _run_logged(cmd, log_path, threads, nproc, "training")
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(out_dir / name, outputs[name])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, out_json, log_path, nproc: int,
@@ -77,16 +84,9 @@ def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, 
 
         evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, out_json)
         return
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".eval.", dir=out_json.parent))
-    try:
-        config_json = scratch / "params.json"
-        io.write_json(config_json, cfg)
+    with _scratch(Path(out_json).parent, ".eval.", cfg) as scratch:
         cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir", val_dir,
-                                                         "--tokenizer", tokenizer, "--config", config_json,
+                                                         "--tokenizer", tokenizer, "--config", scratch / "params.json",
                                                          "--device", device, "--out", scratch / "eval.json"])
         _run_logged(cmd, log_path, threads, nproc, "evaluation")
         shutil.move(scratch / "eval.json", out_json)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
