@@ -46,6 +46,5 @@ def flags(train: Mapping, artifact: Optional[Mapping], expect: Optional[Mapping]
     return out
 
 
-def flags_from_files(train_json, artifact_json, expect: Optional[Mapping], eval_json=None) -> list:
-    return flags(read_json(train_json), read_json(artifact_json) if artifact_json else None, expect,
-                 read_json(eval_json) if eval_json else None)
+def flags_from_files(train_json, artifact_json, expect: Optional[Mapping]) -> list:
+    return flags(read_json(train_json), read_json(artifact_json) if artifact_json else None, expect)

@@ -33,9 +33,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pgolf import io
+from pgolf.distributed import init_distributed
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
 from pgolf.hessians import collect_hessians
-from pgolf.distributed import init_distributed
 from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
 from pgolf.optim import EMA, build_optimizers, lr_scale, muon_momentum, set_schedules
