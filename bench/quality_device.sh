@@ -23,10 +23,10 @@ nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 # PARALLEL=1 runs every (seed, side) at once on the one GPU: the runs are small (1 x 2048 micro-batches)
 # and launch-bound, so they share it well, and no time is measured here. Each reference run then gets its
 # own copy of the record's code, because the record writes final_model.pt into its working directory.
-# Measured on one H100: six at once were all still compiling after 590 s; two at once (one seed) took
-# 528 s for pgolf, with Inductor's compile workers capped at 8 per process. Run one seed per call.
-# Each process also gets 2 CPU threads: six processes with torch's default 16 OpenMP threads each on 16
-# cores stalled before their first step (eager, 470 s without a log line).
+# Each process gets 2 CPU threads: six processes with torch's default 16 OpenMP threads each on 16 cores
+# stalled before their first step (eager, 470 s without a log line), which likely also explains an earlier
+# compiled call whose six runs were "still compiling" after 590 s. Compiled, two at once (one seed) took
+# 528 s for pgolf with Inductor's compile workers capped at 8; eager, three seeds of one side fit in a call.
 if [[ "${PARALLEL:-0}" == 1 ]]; then
   export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 fi
