@@ -93,6 +93,6 @@ class StepProfiler:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.prof.__exit__(None, None, None)
-            table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70)
+            table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=50, max_name_column_width=110)
             print(f"# profile of steps {self.first}..{self.last}\n{table}", flush=True)
             self.prof = None

@@ -1,8 +1,8 @@
 """GPTQ calibration: input second moments H = Σ x xᵀ of every quantized matrix, from training batches.
 
 GPTQ minimizes ‖(W − Ŵ) X‖², whose Hessian in each row of W is X Xᵀ: the sum over calibration tokens
-of the outer product of the layer's input. Forward hooks on every Linear inside the blocks record it;
-the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
+of the outer product of the layer's input. Forward hooks on the blocks' Linears record it (for q, k
+and v, which run as one GEMM, a pre-hook on the attention's input); the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
 hidden states. q, k and v of a block read the same input, so they share one Hessian (computed once).
 Calibration reads training data, so it runs inside the training time budget.
 """
@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pgolf.layers import CausalSelfAttention
 from pgolf.model import GPT
 
 EMBED_KEY = "tok_emb.weight"
@@ -25,12 +26,6 @@ def _accumulate(hessian: torch.Tensor, x: torch.Tensor) -> None:
     hessian.addmm_(x.T, x)
 
 
-def _shared_input_owner(name: str) -> str | None:
-    """blocks.{i}.attn.k / .v take the same input as blocks.{i}.attn.q: the key of q's Hessian."""
-    prefix, _, leaf = name.rpartition(".")
-    return f"{prefix}.q.weight" if prefix.endswith(".attn") and leaf in ("k", "v") else None
-
-
 @torch.no_grad()
 def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_batches: int) -> dict:
     """Run `num_batches` batches of `next_inputs()` token ids through `model`; return
@@ -39,12 +34,15 @@ def collect_hessians(model: GPT, next_inputs: Callable[[], torch.Tensor], num_ba
     hessians: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in model.blocks.named_modules(prefix="blocks"):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, CausalSelfAttention):
+            # q, k and v run as one GEMM on the attention's input (never called as modules): one
+            # Hessian of that input, under three names.
+            h = torch.zeros(module.q.in_features, module.q.in_features, device=device)
+            for leaf in ("q", "k", "v"):
+                hessians[f"{name}.{leaf}.weight"] = h
+            hooks.append(module.register_forward_pre_hook(lambda _mod, args, h=h: _accumulate(h, args[0])))
+        elif isinstance(module, nn.Linear) and name.rpartition(".")[2] not in ("q", "k", "v"):
             key = f"{name}.weight"
-            shared = _shared_input_owner(name)
-            if shared is not None:  # k and v read q's input: one Hessian, three names
-                hessians[key] = hessians[shared]
-                continue
             hessians[key] = torch.zeros(module.in_features, module.in_features, device=device)
             hooks.append(module.register_forward_hook(
                 lambda _mod, inputs, _out, h=hessians[key]: _accumulate(h, inputs[0])))

@@ -122,6 +122,7 @@ def test_state_dict_routing_and_stats():
 
 def tiny_model_and_hessians():
     """A tiny GPT and the Hessians of its real activations, gathered as the train stage does."""
+    from pgolf.hessians import collect_hessians
     from pgolf.model import build_model
     cfg = {"vocab_size": 64, "num_layers": 1, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
            "mlp_mult": 2, "rope_base": 10000.0, "logit_softcap": 30.0, "seq_len": 32}
@@ -130,20 +131,8 @@ def tiny_model_and_hessians():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    hess, hooks = {}, []
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            def hook(m, inp, out, key=name + ".weight"):
-                x = inp[0].reshape(-1, inp[0].shape[-1]).float()
-                hess[key] = hess.get(key, 0) + x.T @ x
-            hooks.append(mod.register_forward_hook(hook))
-    with torch.no_grad():
-        h = model.hidden_states(torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(1)))
-    for hk in hooks:
-        hk.remove()
-    x = h.reshape(-1, 32)
-    hess["tok_emb.weight"] = x.T @ x
-    hess["__num_tokens__"] = 8 * 32
+    ids = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(1))
+    hess = collect_hessians(model, lambda: ids, num_batches=1)
     return cfg, model, hess
 
 

@@ -21,4 +21,5 @@ def test_hessians_are_input_second_moments():
     assert hessians[NUM_TOKENS_KEY] == 48
     assert hessians["blocks.1.mlp.proj.weight"].shape == (32, 32)
     assert len(hessians) == 2 * 6 + 2
-    assert not model._forward_hooks and not model.blocks[0].attn.q._forward_hooks  # hooks removed
+    attn = model.blocks[0].attn
+    assert not attn._forward_pre_hooks and not attn.proj._forward_hooks  # hooks removed
