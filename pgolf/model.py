@@ -172,10 +172,13 @@ class GPT(nn.Module):
         for i in order[:half]:
             x = self.blocks[i](x, x0)
             skips.append(x)
+        # Rows by unbind, not one select per skip: on the H100, select's zero-filled backward let Inductor
+        # fuse each gate's gradient into a mixed row/column reduction of 6.3 ms per micro-batch.
+        weights = self.skip_weights.to(x.dtype).unbind(0)
+        gates = torch.sigmoid(self.skip_gates).to(x.dtype).unbind(0)
         for j, i in enumerate(order[half:]):
             if skips:
-                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
-                x = torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
+                x = torch.lerp(weights[j] * skips.pop(), x, gates[j])
             x = self.blocks[i](x, x0)
         return self.final_norm(x)
 

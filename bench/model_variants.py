@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Time one compiled training micro-batch of the whole challenge model (loss forward + backward, bf16
+autocast, 48 × 2048 tokens) under alternative implementations of the U-Net skip mixing, print each one's
+top kernels, and keep the Triton source of the kernels that touch the skip gates. GPU only.
+
+  python3 bench/model_variants.py [--looping] [--iters 10] [--kernels-out DIR] [--json OUT]
+
+Variants of GPT.hidden_states' decoder half:
+  current   lerp(skip_weights[j] · skip, x, sigmoid(skip_gates[j])) per skip (pgolf.model today)
+  hoisted   sigmoid and casts of the whole [skips, dim] parameters once, rows selected per skip
+  unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip)
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pgolf.fastpath import configure_cuda  # noqa: E402
+from pgolf.model import GPT, ModelConfig  # noqa: E402
+
+ORIGINAL = GPT.hidden_states
+
+
+def decoder_variant(how):
+    def hidden_states(self, input_ids):
+        x = self.tok_emb(input_ids).to(torch.bfloat16)
+        if self.config.embed_norm:
+            x = F.rms_norm(x, (x.size(-1),))
+        x0 = x
+        order = self.config.schedule(self.looping)
+        half = len(order) // 2
+        skips = []
+        for i in order[:half]:
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        gates = torch.sigmoid(self.skip_gates).to(x.dtype)
+        weights = self.skip_weights.to(x.dtype)
+        if how == "unbind":
+            gates, weights = gates.unbind(0), weights.unbind(0)
+        for j, i in enumerate(order[half:]):
+            if skips:
+                x = torch.lerp(weights[j] * skips.pop(), x, gates[j])
+            x = self.blocks[i](x, x0)
+        return self.final_norm(x)
+    return hidden_states
+
+
+def run(name, cfg, args):
+    GPT.hidden_states = ORIGINAL if name == "current" else decoder_variant(name)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda()
+    model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
+    model.looping = args.looping
+    with torch.no_grad():
+        for b in model.blocks:
+            b.attn.proj.weight.normal_(0, 0.02)
+            b.mlp.proj.weight.normal_(0, 0.02)
+        model.skip_gates.normal_(0, 0.5)
+    step = torch.compile(model, dynamic=False)
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), device="cuda")
+    tgt = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len), device="cuda")
+
+    def fwd_bwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step(ids, tgt)
+        loss.backward()
+        return loss
+
+    loss = fwd_bwd().item()
+    for _ in range(2):
+        fwd_bwd()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(args.iters):
+        fwd_bwd()
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / args.iters
+    print(f"=== {name}: {ms:.2f} ms per micro-batch (loss {loss:.5f}, gate grad sum "
+          f"{model.skip_gates.grad.double().sum().item():.6e})", flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fwd_bwd()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=120), flush=True)
+    model.zero_grad(set_to_none=True)
+    return ms
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--looping", action="store_true")
+    ap.add_argument("--variants", default="current,hoisted,unbind")
+    ap.add_argument("--kernels-out")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    train_cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())["train"]
+    cfg = ModelConfig.from_train_cfg(train_cfg, 8192)
+    print("attention:", configure_cuda(torch.device("cuda"), "auto"), flush=True)
+    results = {v: run(v, cfg, args) for v in args.variants.split(",")}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                               "looping": args.looping, "ms_per_micro_batch": results}, indent=1))
+    if args.kernels_out:  # Triton sources that mention sigmoid: the skip gates' kernels
+        cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp"))
+        out = Path(args.kernels_out)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in cache.rglob("*.py"):
+            text = p.read_text(errors="ignore")
+            if "@triton.jit" in text and "sigmoid" in text and "tl.sum" in text:
+                shutil.copy(p, out / p.name)
+
+
+if __name__ == "__main__":
+    main()
