@@ -22,6 +22,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from cuda_timing import time_ms, top_kernels  # noqa: E402
 from pgolf import layers  # noqa: E402
 from pgolf.fastpath import configure_cuda  # noqa: E402
 from pgolf.layers import Block, exclusive_self_attention, sdpa_causal  # noqa: E402
@@ -79,24 +81,10 @@ def time_variant(variant, cfg, args):
             out = step(x, x0)
         out.backward(grad)
 
-    for _ in range(3):
-        fwd_bwd()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(args.iters):
-        fwd_bwd()
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / args.iters
+    ms = time_ms(fwd_bwd, args.iters)
     print(f"{variant:12s} fwd+bwd {ms:.3f} ms per block call", flush=True)
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(2):
-                fwd_bwd()
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=100))
+        print(top_kernels(fwd_bwd, calls=2))
     return ms
 
 

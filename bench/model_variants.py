@@ -23,6 +23,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from cuda_timing import time_ms, top_kernels  # noqa: E402
 from pgolf.fastpath import configure_cuda  # noqa: E402
 from pgolf.model import GPT, ModelConfig  # noqa: E402
 
@@ -76,23 +78,10 @@ def run(name, cfg, args):
         return loss
 
     loss = fwd_bwd().item()
-    for _ in range(2):
-        fwd_bwd()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(args.iters):
-        fwd_bwd()
-    end.record()
-    torch.cuda.synchronize()
-    ms = start.elapsed_time(end) / args.iters
+    ms = time_ms(fwd_bwd, args.iters, warmup=2)
     print(f"=== {name}: {ms:.2f} ms per micro-batch (loss {loss:.5f}, gate grad sum "
           f"{model.skip_gates.grad.double().sum().item():.6e})", flush=True)
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fwd_bwd()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=120), flush=True)
+    print(top_kernels(fwd_bwd, rows=12), flush=True)
     model.zero_grad(set_to_none=True)
     return ms
 
