@@ -1,10 +1,10 @@
 """GPTQ calibration: input second moments H = Σ x xᵀ of every quantized matrix, from training batches.
 
 GPTQ minimizes ‖(W − Ŵ) X‖², whose Hessian in each row of W is X Xᵀ: the sum over calibration tokens
-of the outer product of the layer's input. Forward hooks on the blocks' Linears record it (for q, k
-and v, which run as one GEMM, a pre-hook on the attention's input); the tied embedding, used as the output head, gets the Hessian of its input there: the final-normed
-hidden states. q, k and v of a block read the same input, so they share one Hessian (computed once).
-Calibration reads training data, so it runs inside the training time budget.
+of the outer product of the layer's input. Forward hooks on the blocks' Linears record it; q, k and v
+run as one GEMM on the attention's input, so a pre-hook there records their one shared Hessian. The
+tied embedding, used as the output head, gets the Hessian of its input there: the final-normed hidden
+states. Calibration reads training data, so it runs inside the training time budget.
 """
 from __future__ import annotations
 
