@@ -12,6 +12,9 @@ compgen -G "$SH/fineweb_train_*.bin" >/dev/null || python3 bench/make_random_sha
 timeout "${PGOLF_TIMEOUT:-300}" python3 bench/run_pgolf_bench.py --out "$OUT/pgolf" --steps "$STEPS" --nproc "$NPROC" "$@" 2>&1 | grep -v "^train:" | tee "$OUT/pgolf_stdout.log" | tail -n 80
 if [[ "${SKIP_REF:-0}" != "1" ]]; then
   timeout "${REF_TIMEOUT:-280}" bash bench/run_reference_bench.sh "$OUT/ref" "$STEPS" "$NPROC" > "$OUT/ref_stdout.log" 2>&1
+  # Cut by its time limit after some logged steps: the parser still reads the phases it saw.
+  [[ -f "$OUT/ref/reference.json" || ! -f "$OUT/ref/reference.log" ]] \
+    || python3 bench/parse_reference_log.py "$OUT/ref/reference.log" --json "$OUT/ref/reference.json" >> "$OUT/ref_stdout.log" 2>&1
   tail -n 4 "$OUT/ref_stdout.log"
 fi
 echo "=== summary ==="
