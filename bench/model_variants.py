@@ -5,10 +5,11 @@ top kernels, and keep the Triton source of the kernels that touch the skip gates
 
   python3 bench/model_variants.py [--looping] [--iters 10] [--kernels-out DIR] [--json OUT]
 
-Variants of GPT.hidden_states' decoder half:
-  current   lerp(skip_weights[j] · skip, x, sigmoid(skip_gates[j])) per skip (pgolf.model today)
+Variants of GPT.hidden_states' decoder half (docs/benchmarks.md §1b has all three measured):
+  select    lerp(skip_weights[j] · skip, x, sigmoid(skip_gates[j])) per skip (pgolf.model before a703059)
   hoisted   sigmoid and casts of the whole [skips, dim] parameters once, rows selected per skip
-  unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip)
+  unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip):
+            pgolf.model's own GPT.hidden_states
 """
 import argparse
 import json
@@ -43,10 +44,11 @@ def decoder_variant(how):
         for i in order[:half]:
             x = self.blocks[i](x, x0)
             skips.append(x)
-        gates = torch.sigmoid(self.skip_gates).to(x.dtype)
-        weights = self.skip_weights.to(x.dtype)
-        if how == "unbind":
-            gates, weights = gates.unbind(0), weights.unbind(0)
+        if how == "select":
+            gates = [torch.sigmoid(self.skip_gates[j]).to(x.dtype) for j in range(len(skips))]
+            weights = [self.skip_weights[j].to(x.dtype) for j in range(len(skips))]
+        else:
+            gates, weights = torch.sigmoid(self.skip_gates).to(x.dtype), self.skip_weights.to(x.dtype)
         for j, i in enumerate(order[half:]):
             if skips:
                 x = torch.lerp(weights[j] * skips.pop(), x, gates[j])
@@ -56,7 +58,7 @@ def decoder_variant(how):
 
 
 def run(name, cfg, args):
-    GPT.hidden_states = ORIGINAL if name == "current" else decoder_variant(name)
+    GPT.hidden_states = ORIGINAL if name == "unbind" else decoder_variant(name)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
@@ -91,7 +93,7 @@ def main():
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--looping", action="store_true")
-    ap.add_argument("--variants", default="current,hoisted,unbind")
+    ap.add_argument("--variants", default="select,hoisted,unbind")
     ap.add_argument("--kernels-out")
     ap.add_argument("--json")
     args = ap.parse_args()
