@@ -94,18 +94,19 @@ def shards_inputs(wildcards):
     return inputs
 
 
+def _gpus(train_cfg):
+    """One GPU per torchrun process on CUDA, none on CPU."""
+    return train_cfg["nproc"] if train_cfg["device"] == "cuda" else 0
+
+
 def train_gpus(wildcards):
-    """GPUs a train job asks the executor for: one per torchrun process on CUDA, none on CPU."""
-    cfg = RUNS.params("train", wildcards.train_key)
-    return cfg["nproc"] if cfg["device"] == "cuda" else 0
+    """GPUs a train job asks the executor for."""
+    return _gpus(RUNS.params("train", wildcards.train_key))
 
 
 def eval_gpus(stage):
     """Eval runs one rank per GPU on as many GPUs as training used (the challenge's 8×H100); none on CPU."""
-    def gpus(wildcards):
-        train = stage_config(stage, wildcards)["train"]
-        return train["nproc"] if train["device"] == "cuda" else 0
-    return gpus
+    return lambda wildcards: _gpus(stage_config(stage, wildcards)["train"])
 
 
 def seed_rows():
