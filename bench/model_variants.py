@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
 """Time one compiled training micro-batch of the whole challenge model (loss forward + backward, bf16
-autocast, 48 × 2048 tokens) under alternative implementations of the U-Net skip mixing, print each one's
+autocast, 48 × 2048 tokens) under alternative implementations and Inductor settings, print each one's
 top kernels, and keep the Triton source of the kernels that touch the skip gates. GPU only.
 
-  python3 bench/model_variants.py [--looping] [--iters 10] [--kernels-out DIR] [--json OUT]
+  python3 bench/model_variants.py [--looping] [--iters 10] [--rows 12] [--variants V,V:KNOB+KNOB,...]
+                                  [--kernels-out DIR] [--json OUT]
 
 Variants of GPT.hidden_states' decoder half (docs/benchmarks.md §1b has all three measured):
   select    lerp(skip_weights[j] · skip, x, sigmoid(skip_gates[j])) per skip (pgolf.model before a703059)
   hoisted   sigmoid and casts of the whole [skips, dim] parameters once, rows selected per skip
   unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip):
             pgolf.model's own GPT.hidden_states
+and of the loss:
+  fused_ce  unbind, with GPT.fused_loss on (train.fused_ce: pgolf.softcap_ce)
+`V:KNOB+KNOB` compiles variant V with those torch._inductor.config flags set True (e.g.
+unbind:combo_kernels, unbind:coordinate_descent_tuning).
 """
 import argparse
 import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -57,11 +63,13 @@ def decoder_variant(how):
     return hidden_states
 
 
-def run(name, cfg, args):
-    GPT.hidden_states = ORIGINAL if name == "unbind" else decoder_variant(name)
+def run(spec, cfg, args):
+    name, _, knobs = spec.partition(":")
+    GPT.hidden_states = ORIGINAL if name in ("unbind", "fused_ce") else decoder_variant(name)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
+    model.fused_loss = name == "fused_ce"
     model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
     model.looping = args.looping
     with torch.no_grad():
@@ -79,11 +87,14 @@ def run(name, cfg, args):
         loss.backward()
         return loss
 
-    loss = fwd_bwd().item()
+    t = time.perf_counter()
+    with torch._inductor.config.patch({k: True for k in knobs.split("+") if k}):
+        loss = fwd_bwd().item()  # compiles
+    compile_s = time.perf_counter() - t
     ms = time_ms(fwd_bwd, args.iters, warmup=2)
-    print(f"=== {name}: {ms:.2f} ms per micro-batch (loss {loss:.5f}, gate grad sum "
-          f"{model.skip_gates.grad.double().sum().item():.6e})", flush=True)
-    print(top_kernels(fwd_bwd, rows=12), flush=True)
+    print(f"=== {spec}: {ms:.2f} ms per micro-batch (loss {loss:.5f}, gate grad sum "
+          f"{model.skip_gates.grad.double().sum().item():.6e}, compiled in {compile_s:.0f} s)", flush=True)
+    print(top_kernels(fwd_bwd, rows=args.rows), flush=True)
     model.zero_grad(set_to_none=True)
     return ms
 
@@ -93,17 +104,30 @@ def main():
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--looping", action="store_true")
+    ap.add_argument("--rows", type=int, default=12, help="kernels listed per variant")
     ap.add_argument("--variants", default="select,hoisted,unbind")
+    ap.add_argument("--ce-kernel", help="JSON file whose 'kernel' → 'settings' set pgolf.softcap_ce.KERNEL "
+                    "(bench/softcap_ce_check.py --json writes one)")
     ap.add_argument("--kernels-out")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.ce_kernel:
+        from pgolf import softcap_ce
+        softcap_ce.KERNEL.update(json.loads(Path(args.ce_kernel).read_text())["kernel"]["settings"])
+        print("softcap_ce kernel:", softcap_ce.KERNEL, flush=True)
     train_cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())["train"]
     cfg = ModelConfig.from_train_cfg(train_cfg, 8192)
     print("attention:", configure_cuda(torch.device("cuda"), "auto"), flush=True)
-    results = {v: run(v, cfg, args) for v in args.variants.split(",")}
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                               "looping": args.looping, "ms_per_micro_batch": results}, indent=1))
+    results = {}
+    for v in args.variants.split(","):
+        try:
+            results[v] = run(v, cfg, args)
+        except Exception as exc:  # an unknown Inductor flag, a failed compile: report it, go on
+            print(f"=== {v}: failed: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
+            results[v] = None
+        if args.json:  # after each variant: a run cut by its time limit keeps what it measured
+            Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                   "looping": args.looping, "ms_per_micro_batch": results}, indent=1))
     if args.kernels_out:  # Triton sources that mention sigmoid: the skip gates' kernels
         cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp"))
         out = Path(args.kernels_out)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.layers import Block, RMSNorm
+from pgolf.softcap_ce import head_loss_rows
 
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 
@@ -131,6 +132,7 @@ class GPT(nn.Module):
         self.final_norm = RMSNorm(cfg.model_dim, cfg.norm_weight)
         # Depth recurrence on: the trained model's final state (training may switch it on part-way).
         self.looping = cfg.loops
+        self.fused_loss = False  # how the loss is computed, not what: set by the train stage, never saved
         if cfg.unet_skips:
             # Sized for the longest (looped) schedule; the plain schedule uses the first ones.
             n = len(cfg.schedule(True))
@@ -198,7 +200,14 @@ class GPT(nn.Module):
         return self.loss(input_ids, target_ids)
 
     def loss(self, input_ids: torch.Tensor, target_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy in nats (float32). reduction="none" gives per-token losses shaped like target_ids."""
+        """Cross-entropy in nats (float32). reduction="none" gives per-token losses shaped like target_ids.
+        With `fused_loss` set (train.fused_ce) the head and loss run as pgolf.softcap_ce: same values."""
+        if self.fused_loss:
+            hidden = self.hidden_states(input_ids)
+            hidden = hidden.reshape(-1, hidden.size(-1))
+            losses = head_loss_rows(hidden, self.tok_emb.weight.to(hidden.dtype), target_ids.reshape(-1),
+                                    self.config.logit_softcap)
+            return losses.view_as(target_ids) if reduction == "none" else losses.mean()
         logits = self.head(self.hidden_states(input_ids))
         losses = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction

@@ -49,6 +49,7 @@ TRAIN_DEFAULTS = dict(
     compile=False,                   # torch.compile the model and Newton–Schulz (GPU path)
     compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
     attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
+    fused_ce=False,                  # head + softcapped loss with the backward in the forward (pgolf.softcap_ce)
     data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
     sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
     embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
@@ -140,6 +141,7 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
     model_config = ModelConfig.from_train_cfg(cfg, vocab_size)
     model = GPT(model_config).to(device)
+    model.fused_loss = bool(cfg["fused_ce"])
     if cfg["embed_bf16"]:
         model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
     optimizers = build_optimizers(model, cfg, device)

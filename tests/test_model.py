@@ -124,3 +124,23 @@ def test_scored_losses_are_the_per_token_losses_of_the_kept_positions(overrides)
     scored = model.scored_losses(ids, targets, keep)
     assert scored.shape == (16 + 4 + 1,) and scored.dtype == torch.float32
     torch.testing.assert_close(scored, model.loss(ids, targets, reduction="none")[keep], atol=1e-6, rtol=1e-6)
+
+
+def test_fused_loss_is_the_same_loss_and_gradients():
+    """train.fused_ce changes how GPT.loss is computed (pgolf.softcap_ce), not what."""
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    tgt = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(4))
+    results = []
+    for fused in (False, True):
+        model = random_model(seed=5, logit_softcap=2.0)  # a small cap saturates: tanh' matters
+        model.fused_loss = fused
+        loss = model.loss(ids, tgt)
+        loss.backward()
+        results.append((loss.detach(), model.loss(ids, tgt, reduction="none").detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, rows0, g0), (l1, rows1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rows1, rows0, rtol=1e-5, atol=1e-5)
+    assert rows1.shape == tgt.shape
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)

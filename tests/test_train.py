@@ -197,3 +197,14 @@ def test_gptq_reserve_seconds_shortens_training(tiny_corpus, tmp_path):
     summary = train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
     assert summary["stopped_by"] == "wallclock"
     assert 1.0 <= summary["train_seconds"] < 1.0 + 2 * summary["step_ms"] / 1000 + 0.5
+
+
+def test_fused_ce_trains_the_same_model(tiny_corpus, tmp_path):
+    """train.fused_ce: the same three steps as the plain loss, through the whole train stage."""
+    states = []
+    for fused in (False, True):
+        train(dict(TINY, max_steps=3, fused_ce=fused), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
+              tmp_path / str(fused), seed=1)
+        states.append(torch.load(tmp_path / str(fused) / "model.pt", weights_only=True)["state_dict"])
+    for name, w in states[0].items():
+        torch.testing.assert_close(states[1][name], w, atol=1e-5, rtol=1e-4, msg=name)
