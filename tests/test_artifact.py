@@ -1,7 +1,6 @@
 """The artifact is what gets scored: it must round-trip bit-exactly, fail loudly when damaged,
 and report sizes measured from the files on disk."""
 import ast
-import base64
 import json
 import lzma
 import os
@@ -14,7 +13,8 @@ import torch
 
 from pgolf import artifact
 from pgolf.artifact import (compress, compress_artifact, decompress, dequantized_state_dict, deserialize,
-                            load_model_from_artifact, minify, module_sources, pack_code, serialize)
+                            latin1_literal, load_model_from_artifact, minify, module_sources, pack_code,
+                            serialize)
 from pgolf.gptq import quantize_state_dict
 from pgolf.model import build_model
 
@@ -125,11 +125,12 @@ def test_load_model_from_artifact(model, tmp_path):
     assert 0 < (ref - got).abs().max() < 0.05 * ref.abs().max()  # quantized: close, not equal
 
 
-def run_packed(code: str, tmp_path, snippet: str, *args):
+def run_packed(code: bytes, tmp_path, snippet: str, *args):
     """Run `snippet` after exec'ing the packed file, in a fresh interpreter that cannot see the checkout."""
     packed = tmp_path / "code.py"
-    packed.write_text(code)
-    prog = f"exec(open({str(packed)!r}).read())\n" + textwrap.dedent(snippet)
+    packed.write_bytes(code)
+    # compile() of the bytes honours the file's coding line, as `python code.py` does.
+    prog = f"exec(compile(open({str(packed)!r}, 'rb').read(), 'code.py', 'exec'))\n" + textwrap.dedent(snippet)
     cmd = [sys.executable, "-I", "-c", prog] if snippet else [sys.executable, "-I", str(packed), *args]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
@@ -179,11 +180,20 @@ def test_packed_code_is_the_import_closure_and_runs_as_script(tmp_path):
     assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
 
 
-def packed_sources(code: str) -> dict:
+def packed_sources(code: bytes) -> dict:
     """The {module: source} payload of a packed file, read without running it."""
-    blob = next(n.args[0].value for n in ast.walk(ast.parse(code))
-                if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "b85decode")
-    return json.loads(lzma.decompress(base64.b85decode(blob)))
+    blob = next(n.func.value.value for n in ast.walk(ast.parse(code))
+                if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "encode")
+    return json.loads(lzma.decompress(blob.encode("latin-1")))
+
+
+def test_latin1_literal_holds_every_byte():
+    data = bytes(range(256)) * 2 + b"\x001\\\\\"\r\n"  # NUL before a digit: no octal escape
+    source = f"# coding: latin-1\nx = {latin1_literal(data)}\n".encode("latin-1")
+    namespace = {}
+    exec(compile(source, "t.py", "exec"), namespace)
+    assert namespace["x"].encode("latin-1") == data
+    assert len(latin1_literal(data)) < 1.05 * len(data)
 
 
 def without_docstrings(source: str) -> str:
@@ -200,7 +210,7 @@ def test_packed_code_drops_comments_and_docstrings_and_nothing_else(tmp_path, mo
     sources, code = module_sources(), pack_code()
     packed = packed_sources(code)
     assert list(packed) == list(sources)
-    comment, docstring = "# base85 is ~7% denser than base64", "Approximate polar factor U Vᵀ of a 2-D matrix"
+    comment, docstring = "# Bytes a latin-1 string literal cannot hold", "Approximate polar factor U Vᵀ of a 2-D matrix"
     assert comment in sources["pgolf.artifact"] and docstring in sources["pgolf.muon"]
     assert comment not in packed["pgolf.artifact"] and docstring not in packed["pgolf.muon"]
     for name, src in sources.items():  # the same syntax tree, docstrings aside: unparse changed no code
