@@ -34,7 +34,7 @@ fi
 # three times (training, quantized eval, sliding eval), which alone filled most of a 600 s call; eager
 # runs share the GPU well, so three seeds of a side fit in one call. Not the same numbers as compiled:
 # eager rounds every intermediate to bf16, and the record's bf16 softcap costs it ~0.035 bpb eager
-# (docs/benchmarks.md §6a), so EAGER=1 favours pgolf (which upcasts before the softcap).
+# (docs/benchmarks.md §6b), so EAGER=1 favours pgolf (which upcasts before the softcap).
 [[ "${EAGER:-0}" == 1 ]] && export TORCHDYNAMO_DISABLE=1
 # RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside the call's limit.
 LIMIT=(); [[ -n "${RUN_TIMEOUT:-}" ]] && LIMIT=(timeout "$RUN_TIMEOUT")
