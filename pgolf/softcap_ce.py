@@ -6,8 +6,8 @@ the log-sum-exp: one read and one write of the [tokens, vocab] logits, against t
 backward is left to autograd (forward reduction; backward read + write). The head's two backward GEMMs
 take that gradient as it is; the per-row scale of the incoming gradient (1/tokens for a mean) is applied
 to their small [tokens, dim] operands, never to the [tokens, vocab] tensor. On CUDA the per-row work is
-one Triton program per row; elsewhere the same math in PyTorch, which the CPU tests check against
-F.cross_entropy.
+a persistent Triton kernel (each program takes whole rows, its next row's load pipelined under this row's
+math); elsewhere the same math in PyTorch, which the CPU tests check against F.cross_entropy.
 """
 from __future__ import annotations
 
