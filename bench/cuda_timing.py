@@ -1,4 +1,4 @@
-"""Timing helpers shared by the device micro-benchmarks (attention, block and model variants)."""
+"""Timing helpers shared by the device micro-benchmarks (attention, block and model variants, softcap_ce_check)."""
 import torch
 
 
