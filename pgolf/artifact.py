@@ -171,9 +171,10 @@ def load_model_from_artifact(blob_path):
 # ---- code bytes --------------------------------------------------------------------------------------
 # The packed file is one self-contained Python file: a stub plus lzma(JSON {module: source}) as a latin-1
 # string literal (the coding line makes every byte one character; only 5 byte values need an escape, so
-# the literal is ~2% larger than the lzma bytes, where base85 text is 25% larger). Executing it installs an import hook that serves those modules, so `import pgolf.model` works with
-# no pgolf checkout present. Its size on disk is what the artifact's code costs. get_source answers None
-# for a name it lacks: linecache asks it for "__main__" when `python code.py pgolf.train` imports torch.
+# the literal is ~2% larger than the lzma bytes, where base85 text is 25% larger). Executing it installs
+# an import hook that serves those modules, so `import pgolf.model` works with no pgolf checkout present.
+# Its size on disk is what the artifact's code costs. get_source answers None for a name it lacks:
+# linecache asks it for "__main__" when `python code.py pgolf.train` imports torch.
 _STUB = '''# coding: latin-1
 import importlib.abc,importlib.util,json,lzma,runpy,sys
 S=json.loads(lzma.decompress({blob}.encode("latin-1")))
