@@ -11,8 +11,10 @@ Variants of GPT.hidden_states' decoder half (docs/benchmarks.md §1b has all thr
   hoisted   sigmoid and casts of the whole [skips, dim] parameters once, rows selected per skip
   unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip):
             pgolf.model's own GPT.hidden_states
-and of the loss:
-  fused_ce  unbind, with GPT.fused_loss on (train.fused_ce: pgolf.softcap_ce)
+and of the fused kernels, joined to a name with "+" (e.g. unbind+fused_ce+fused_qk; alone they mean unbind):
+  fused_ce   GPT.fused_loss on (train.fused_ce: pgolf.softcap_ce)
+  fused_qk   q/k RMS norm + RoPE + gain as pgolf.attention_ops.qk_norm_rope (train.fused_qk)
+  fused_xsa  XSA as pgolf.attention_ops.xsa (train.fused_xsa)
 `V:KNOB+KNOB` compiles variant V with those torch._inductor.config flags set True (e.g.
 unbind:combo_kernels, unbind:coordinate_descent_tuning).
 """
@@ -36,6 +38,8 @@ from pgolf.fastpath import configure_cuda  # noqa: E402
 from pgolf.model import GPT, ModelConfig  # noqa: E402
 
 ORIGINAL = GPT.hidden_states
+DECODERS = ("select", "hoisted", "unbind")
+FUSED = ("fused_ce", "fused_qk", "fused_xsa")
 
 
 def decoder_variant(how):
@@ -65,11 +69,18 @@ def decoder_variant(how):
 
 def run(spec, cfg, args):
     name, _, knobs = spec.partition(":")
-    GPT.hidden_states = ORIGINAL if name in ("unbind", "fused_ce") else decoder_variant(name)
+    parts = name.split("+")
+    unknown = set(parts) - set(DECODERS) - set(FUSED)
+    if unknown:
+        raise ValueError(f"unknown variant parts {sorted(unknown)}")
+    decoder = next((p for p in parts if p in DECODERS), "unbind")
+    GPT.hidden_states = ORIGINAL if decoder == "unbind" else decoder_variant(decoder)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
-    model.fused_loss = name == "fused_ce"
+    model.fused_loss = "fused_ce" in parts
+    for block in model.blocks:
+        block.attn.fused_qk, block.attn.fused_xsa = "fused_qk" in parts, "fused_xsa" in parts
     model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
     model.looping = args.looping
     with torch.no_grad():
@@ -108,6 +119,8 @@ def main():
     ap.add_argument("--variants", default="select,hoisted,unbind")
     ap.add_argument("--ce-kernel", help="JSON file whose 'kernel' → 'settings' set pgolf.softcap_ce.KERNEL "
                     "(bench/softcap_ce_check.py --json writes one)")
+    ap.add_argument("--attn-kernel", help="JSON file whose 'kernel' sets pgolf.attention_ops.KERNEL "
+                    "(bench/attention_ops_check.py --json writes one)")
     ap.add_argument("--kernels-out")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -115,6 +128,10 @@ def main():
         from pgolf import softcap_ce
         softcap_ce.KERNEL.update(json.loads(Path(args.ce_kernel).read_text())["kernel"]["settings"])
         print("softcap_ce kernel:", softcap_ce.KERNEL, flush=True)
+    if args.attn_kernel:
+        from pgolf import attention_ops
+        attention_ops.KERNEL.update(json.loads(Path(args.attn_kernel).read_text())["kernel"])
+        print("attention_ops kernels:", attention_ops.KERNEL, flush=True)
     train_cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())["train"]
     cfg = ModelConfig.from_train_cfg(train_cfg, 8192)
     print("attention:", configure_cuda(torch.device("cuda"), "auto"), flush=True)

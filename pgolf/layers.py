@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.attention_ops import qk_norm_rope, xsa
+
 
 # -----------------------------------------------------------------------------------------------
 # Attention backend. On Hopper the cuDNN SDPA kernel is the fastest PyTorch offers (FA3 is not on
@@ -72,11 +74,15 @@ class Rotary(nn.Module):
         # Non-persistent: derived from the config, so it stays out of the state dict and the artifact.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
+    def tables(self, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of position × frequency, [seq_len, rope_dims / 2], rounded to `dtype`."""
+        positions = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq)
+        return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, heads, seq, head_dim] -> same shape, the first rope_dims dims rotated by position."""
-        positions = torch.arange(x.size(-2), device=x.device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq)
-        cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)
+        cos, sin = self.tables(x.size(-2), x.dtype)
         rot, rest = x[..., :self.rope_dims], x[..., self.rope_dims:]
         x1, x2 = rot.chunk(2, dim=-1)
         rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -113,6 +119,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
         self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
         self.xsa = cfg.xsa
+        # How, not what: pgolf.attention_ops' fused kernels (train.fused_qk / fused_xsa), set by the train stage.
+        self.fused_qk = self.fused_xsa = False
         # Per-head gain on the (normalized) queries: sets the attention temperature per head.
         self.q_gain = (nn.Parameter(torch.full((cfg.num_heads,), float(cfg.qk_gain_init)))
                        if cfg.qk_gain_init is not None else None)
@@ -123,17 +131,23 @@ class CausalSelfAttention(nn.Module):
         # the same as three). q, k, v stay separate Linears: GPTQ and the artifact key off their names.
         weight = torch.cat((self.q.weight, self.k.weight, self.v.weight))
         q, k, v = F.linear(x, weight).split((self.q.out_features, self.k.out_features, self.v.out_features), -1)
-        q = q.reshape(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.reshape(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        q = q.view(batch, seq, self.num_heads, self.head_dim)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim)
+        gain = self.q_gain.to(q.dtype) if self.q_gain is not None else None
         # QK RMS-norm keeps attention logits bounded whatever the weight scale Muon produces.
-        q = self.rotary(F.rms_norm(q, (self.head_dim,)))
-        k = self.rotary(F.rms_norm(k, (self.head_dim,)))
-        if self.q_gain is not None:
-            q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if self.fused_qk:
+            cos, sin = self.rotary.tables(seq, q.dtype)
+            q = qk_norm_rope(q, gain, cos, sin).transpose(1, 2)
+            k = qk_norm_rope(k, None, cos, sin).transpose(1, 2)
+        else:
+            q = self.rotary(F.rms_norm(q.transpose(1, 2), (self.head_dim,)))
+            k = self.rotary(F.rms_norm(k.transpose(1, 2), (self.head_dim,)))
+            if gain is not None:
+                q = q * gain[None, :, None, None]
         y = sdpa_causal(q, k, v.transpose(1, 2)).transpose(1, 2)  # [batch, seq, heads, head_dim]
         if self.xsa:
-            y = exclusive_self_attention(y, v)
+            y = xsa(y, v) if self.fused_xsa else exclusive_self_attention(y, v)
         return self.proj(y.reshape(batch, seq, dim))
 
 
