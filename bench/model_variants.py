@@ -15,8 +15,9 @@ and of the fused kernels, joined to a name with "+" (e.g. unbind+fused_ce+fused_
   fused_ce   GPT.fused_loss on (train.fused_ce: pgolf.softcap_ce)
   fused_qk   q/k RMS norm + RoPE + gain as pgolf.attention_ops.qk_norm_rope (train.fused_qk)
   fused_xsa  XSA as pgolf.attention_ops.xsa (train.fused_xsa)
-`V:KNOB+KNOB` compiles variant V with those torch._inductor.config flags set True (e.g.
-unbind:combo_kernels, unbind:coordinate_descent_tuning).
+  select_mix Block's resid_mix rows taken by select (mix[0], mix[1]), as before unbind
+`V:KNOB+KNOB` compiles variant V with those torch._inductor.config flags set True, `KNOB=0` sets one False
+(e.g. unbind:combo_kernels, fused_ce:triton.mix_order_reduction=0).
 """
 import argparse
 import json
@@ -35,11 +36,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from cuda_timing import time_ms, top_kernels  # noqa: E402
 from pgolf.fastpath import configure_cuda  # noqa: E402
+from pgolf.layers import Block  # noqa: E402
 from pgolf.model import GPT, ModelConfig  # noqa: E402
 
 ORIGINAL = GPT.hidden_states
 DECODERS = ("select", "hoisted", "unbind")
-FUSED = ("fused_ce", "fused_qk", "fused_xsa")
+FUSED = ("fused_ce", "fused_qk", "fused_xsa", "select_mix")
+BLOCK_FORWARD = Block.forward
+
+
+def block_select_mix(self, x, x0):
+    s = self.norm_scale
+    mix = self.resid_mix.to(x.dtype)
+    x = mix[0] * x + mix[1] * x0
+    x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * s)
+    return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x) * s)
 
 
 def decoder_variant(how):
@@ -75,6 +86,7 @@ def run(spec, cfg, args):
         raise ValueError(f"unknown variant parts {sorted(unknown)}")
     decoder = next((p for p in parts if p in DECODERS), "unbind")
     GPT.hidden_states = ORIGINAL if decoder == "unbind" else decoder_variant(decoder)
+    Block.forward = block_select_mix if "select_mix" in parts else BLOCK_FORWARD
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(cfg).cuda()
@@ -99,7 +111,8 @@ def run(spec, cfg, args):
         return loss
 
     t = time.perf_counter()
-    with torch._inductor.config.patch({k: True for k in knobs.split("+") if k}):
+    flags = dict((k.partition("=")[0], k.partition("=")[2] != "0") for k in knobs.split("+") if k)
+    with torch._inductor.config.patch(flags):
         loss = fwd_bwd().item()  # compiles
     compile_s = time.perf_counter() - t
     ms = time_ms(fwd_bwd, args.iters, warmup=2)

@@ -188,8 +188,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         s = self.norm_scale
         if self.resid_mix is not None:
-            mix = self.resid_mix.to(x.dtype)
-            x = mix[0] * x + mix[1] * x0
+            # unbind, not mix[0] / mix[1]: each select's zero-filled backward gives Inductor a column
+            # reduction to fuse into a norm's row reduction (the 6 ms kernel of docs/benchmarks.md §1b).
+            mix_x, mix_x0 = self.resid_mix.to(x.dtype).unbind(0)
+            x = mix_x * x + mix_x0 * x0
             x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * s)
             return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x) * s)
         x = x + self.attn(self.attn_norm(x) * s)

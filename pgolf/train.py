@@ -50,6 +50,8 @@ TRAIN_DEFAULTS = dict(
     compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
     attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
     fused_ce=False,                  # head + softcapped loss with the backward in the forward (pgolf.softcap_ce)
+    fused_qk=False,                  # q/k RMS norm + RoPE + gain as one op with its own backward (pgolf.attention_ops)
+    fused_xsa=False,                 # XSA as one op with its own backward (pgolf.attention_ops)
     data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
     sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
     embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
@@ -142,6 +144,8 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     model_config = ModelConfig.from_train_cfg(cfg, vocab_size)
     model = GPT(model_config).to(device)
     model.fused_loss = bool(cfg["fused_ce"])
+    for block in model.blocks:
+        block.attn.fused_qk, block.attn.fused_xsa = bool(cfg["fused_qk"]), bool(cfg["fused_xsa"])
     if cfg["embed_bf16"]:
         model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
     optimizers = build_optimizers(model, cfg, device)
