@@ -144,3 +144,22 @@ def test_fused_loss_is_the_same_loss_and_gradients():
     assert rows1.shape == tgt.shape
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_attention_ops_are_the_same_loss_and_gradients():
+    """train.fused_qk / fused_xsa change how attention's elementwise work runs (pgolf.attention_ops), not what."""
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(6))
+    tgt = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(7))
+    results = []
+    for fused in (False, True):
+        model = random_model(seed=8, xsa=True, qk_gain_init=4.0, rope_dims=4, resid_mix=True)
+        for block in model.blocks:
+            block.attn.fused_qk = block.attn.fused_xsa = fused
+        loss = model.loss(ids, tgt)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
+    assert g0["blocks.0.attn.q_gain"].abs().sum() > 0
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)

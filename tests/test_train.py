@@ -199,12 +199,13 @@ def test_gptq_reserve_seconds_shortens_training(tiny_corpus, tmp_path):
     assert 1.0 <= summary["train_seconds"] < 1.0 + 2 * summary["step_ms"] / 1000 + 0.5
 
 
-def test_fused_ce_trains_the_same_model(tiny_corpus, tmp_path):
-    """train.fused_ce: the same three steps as the plain loss, through the whole train stage."""
+@pytest.mark.parametrize("switches", [("fused_ce",), ("fused_qk", "fused_xsa")])
+def test_fused_kernels_train_the_same_model(tiny_corpus, tmp_path, switches):
+    """train.fused_ce, fused_qk, fused_xsa: the same three steps as the plain code, through the whole train stage."""
     states = []
     for fused in (False, True):
-        train(dict(TINY, max_steps=3, fused_ce=fused), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
-              tmp_path / str(fused), seed=1)
+        cfg = dict(TINY, max_steps=3, xsa=True, qk_gain_init=4.0, rope_dims=8, **{k: fused for k in switches})
+        train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path / str(fused), seed=1)
         states.append(torch.load(tmp_path / str(fused) / "model.pt", weights_only=True)["state_dict"])
     for name, w in states[0].items():
         torch.testing.assert_close(states[1][name], w, atol=1e-5, rtol=1e-4, msg=name)
