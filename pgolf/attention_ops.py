@@ -28,8 +28,14 @@ except ImportError:
     triton = None
 
 
+def _tiles_fit(*tensors: torch.Tensor) -> bool:
+    """The kernels tile [heads, head_dim] with tl.arange, which needs powers of two (head_dim 16..256)."""
+    return all(t.size(2) & (t.size(2) - 1) == 0 and t.size(3) in (16, 32, 64, 128, 256) for t in tensors)
+
+
 def _use_triton(*tensors: torch.Tensor) -> bool:
-    return triton is not None and all(t.is_cuda for t in tensors) and tensors[0].size(-1) in (16, 32, 64, 128, 256)
+    """[batch, seq, heads, head_dim] tensors -> whether the Triton kernels take them (else the torch path)."""
+    return triton is not None and all(t.is_cuda for t in tensors) and _tiles_fit(*tensors)
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:

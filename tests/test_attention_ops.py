@@ -71,6 +71,15 @@ def test_custom_op_registrations():
     torch.library.opcheck(attention_ops._xsa_op, (y, v.detach().requires_grad_()))
 
 
+def test_kernels_take_only_power_of_two_tiles():
+    """Other head counts or sizes (an ablation's) fall back to the torch path instead of failing to compile."""
+    fits = attention_ops._tiles_fit
+    assert fits(torch.empty(1, 2, 8, 64), torch.empty(1, 2, 4, 64))
+    assert not fits(torch.empty(1, 2, 6, 64))   # 6 heads
+    assert not fits(torch.empty(1, 2, 8, 48))   # head_dim 48
+    assert not fits(torch.empty(1, 2, 8, 512))
+
+
 INTERPRETED_CHECK = """
 import torch
 from pgolf import attention_ops as ops
