@@ -133,6 +133,21 @@ def test_torchrun_two_ranks_on_gloo_match_one_rank(tiny_corpus, tiny_run, tmp_pa
     assert h2[NUM_TOKENS_KEY] == h1[NUM_TOKENS_KEY]  # ranks' calibration tokens summed, not duplicated
 
 
+def test_fused_attention_ops_under_two_ranks_match_the_plain_code_on_one(tiny_corpus, tmp_path):
+    """The custom ops' backwards feed DDP's gradient reduction like autograd's own (gloo, 2 ranks)."""
+    cfg = dict(TINY, max_steps=4, xsa=True, qk_gain_init=4.0, rope_dims=8)
+    train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path / "plain", seed=1)
+    outputs = {name: tmp_path / "fused" / name for name in TRAIN_FILES}
+    run_train(dict(cfg, fused_qk=True, fused_xsa=True), tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1,
+              outputs, tmp_path / "fused.log", nproc=2, threads=2)
+    plain = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["state_dict"]
+    fused = torch.load(outputs["model.pt"], weights_only=True)["state_dict"]
+    gain = "blocks.0.attn.q_gain"
+    assert (plain[gain] - 4.0).abs().min() > 1e-3  # trained: a gain gradient lost in the op would show
+    for name, w in plain.items():
+        torch.testing.assert_close(fused[name], w, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_failed_launch_raises_and_leaves_no_outputs(tiny_corpus, tmp_path):
     outputs = {name: tmp_path / name for name in TRAIN_FILES}
     log_path = tmp_path / "stage.log"
