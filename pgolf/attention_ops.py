@@ -57,12 +57,16 @@ def _partner(t: torch.Tensor, half: int) -> torch.Tensor:
     return torch.cat((t[..., half:2 * half], t[..., :half], t[..., 2 * half:]), -1)
 
 
-def _qk_torch(x, gain, cos, sin):
-    """x [batch, seq, heads, head_dim] -> (y in x.dtype, float32 n and the signed tables for the backward)."""
+def _qk_normed(x, cos, sin):
+    """float32 (1/rms, normed x, signed tables shaped [1, seq, 1, head_dim]) of x [batch, seq, heads, head_dim]."""
     xf = x.float()
-    n = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + NORM_EPS)
+    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + NORM_EPS)
     c, s = _rope_signed(cos.float(), sin.float(), x.size(-1))
-    c, s = c[None, :, None, :], s[None, :, None, :]
+    return r, xf * r, c[None, :, None, :], s[None, :, None, :]
+
+
+def _qk_torch(x, gain, cos, sin):
+    _, n, c, s = _qk_normed(x, cos, sin)
     y = n * c + _partner(n, cos.size(-1)) * s
     if gain is not None:
         y = y * gain.float()[:, None]
@@ -71,15 +75,11 @@ def _qk_torch(x, gain, cos, sin):
 
 def _qk_backward_torch(dy, x, gain, cos, sin):
     half = cos.size(-1)
-    xf, dyf = x.float(), dy.float()
-    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + NORM_EPS)
-    n = xf * r
-    c, s = _rope_signed(cos.float(), sin.float(), x.size(-1))
-    c, s = c[None, :, None, :], s[None, :, None, :]
+    r, n, c, s = _qk_normed(x, cos, sin)
+    dyf = dy.float()
     dgain = None
     if gain is not None:
-        y_hat = n * c + _partner(n, half) * s
-        dgain = (dyf * y_hat).sum((0, 1, 3))
+        dgain = (dyf * (n * c + _partner(n, half) * s)).sum((0, 1, 3))
         dyf = dyf * gain.float()[:, None]
     dn = dyf * c - _partner(dyf, half) * s  # the rotation's transpose: partner's s has the opposite sign
     dx = r * (dn - n * (dn * n).mean(-1, keepdim=True))
@@ -320,21 +320,20 @@ if triton is not None:
 
 
 def _xsa_launch(y: torch.Tensor, v: torch.Tensor):
-    tokens = y.size(0) * y.size(1)
-    block = KERNEL["xsa_tokens"]
-    return tokens, block, triton.cdiv(tokens, block), dict(HKV=v.size(2), G=y.size(2) // v.size(2), D=y.size(3),
-                                                           BLOCK=block, num_warps=KERNEL["xsa_warps"])
+    tokens, block = y.size(0) * y.size(1), KERNEL["xsa_tokens"]
+    return tokens, triton.cdiv(tokens, block), dict(HKV=v.size(2), G=y.size(2) // v.size(2), D=y.size(3),
+                                                    BLOCK=block, num_warps=KERNEL["xsa_warps"])
 
 
 def _xsa_triton(y, v):
-    tokens, _, grid, meta = _xsa_launch(y, v)
+    tokens, grid, meta = _xsa_launch(y, v)
     out = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     _xsa_fwd_kernel[(grid,)](y, v, out, tokens, y.size(1), *y.stride()[:3], *v.stride()[:3], NORMALIZE_EPS, **meta)
     return out
 
 
 def _xsa_backward_triton(dout, y, v):
-    tokens, _, grid, meta = _xsa_launch(y, v)
+    tokens, grid, meta = _xsa_launch(y, v)
     dy = torch.empty(y.shape, device=y.device, dtype=y.dtype)
     dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     _xsa_bwd_kernel[(grid,)](dout, y, v, dy, dv, tokens, y.size(1), *dout.stride()[:3], *y.stride()[:3],
