@@ -18,7 +18,8 @@ import torch
 
 NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm(eps=None) uses for bf16/fp16/fp32 input
 NORMALIZE_EPS = 1e-12                       # F.normalize's default
-# Tokens per program and warps of each kernel, swept by bench/attention_ops_check.py on the H100.
+# Tokens per program and warps of each kernel (bench/attention_ops_check.py sweeps them). On the H100 the
+# sweep preferred 32 × 8 for q/k alone, but training steps were no faster with it (docs/benchmarks.md §3c).
 KERNEL = dict(qk_tokens=8, qk_warps=4, xsa_tokens=8, xsa_warps=4)
 
 try:  # CUDA installs of torch bring Triton; a CPU-only install may not, and then only the torch path exists
