@@ -6,8 +6,9 @@
 
 1. Each kernel against float64 autograd of pgolf.layers' plain code (bf16 inputs strided as the q/k/v
    GEMM leaves them): relative error beside that of the plain code run in bf16 and compiled.
-2. Launch settings (tokens per program, warps) swept per kernel, forward + backward; the fastest is kept
-   in pgolf.attention_ops.KERNEL and written to the JSON for bench/model_variants.py --attn-kernel.
+2. Launch settings (tokens per program, warps) swept per kernel, forward + backward; the fastest is used
+   for part 3 and written to the JSON for bench/model_variants.py --attn-kernel (the repo's
+   pgolf.attention_ops.KERNEL is set by hand from training-step timings, docs/benchmarks.md §3c).
 3. Forward + backward of each op against the plain code compiled by Inductor.
 """
 import argparse
@@ -81,7 +82,6 @@ def sweep(report):
     k = q[..., :HKV, :]
     runs = {"qk": lambda: (fwd_bwd(fused_qk, q, gain), fwd_bwd(fused_qk, k, None)),
             "xsa": lambda: fwd_bwd(attention_ops.xsa, y, v)}
-    best = {}
     for name, fn in runs.items():
         times = []
         for tokens in (2, 4, 8, 16, 32):
@@ -95,8 +95,7 @@ def sweep(report):
                 times.append((ms, tokens, warps))
                 print(f"sweep {name} tokens {tokens} warps {warps}: {ms:.3f} ms fwd+bwd", flush=True)
         ms, tokens, warps = min(times)
-        best.update({f"{name}_tokens": tokens, f"{name}_warps": warps})
-        attention_ops.KERNEL.update(best)
+        attention_ops.KERNEL.update({f"{name}_tokens": tokens, f"{name}_warps": warps})
         report[f"sweep_{name}"] = [dict(ms=m, tokens=t, warps=w) for m, t, w in times]
         print(f"best {name}: tokens {tokens} warps {warps} {ms:.3f} ms", flush=True)
     report["kernel"] = dict(attention_ops.KERNEL)

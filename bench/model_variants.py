@@ -11,7 +11,7 @@ Variants of GPT.hidden_states' decoder half (docs/benchmarks.md §1b has all thr
   hoisted   sigmoid and casts of the whole [skips, dim] parameters once, rows selected per skip
   unbind    hoisted, rows taken with unbind (backward: one stack, not a zero-filled select per skip):
             pgolf.model's own GPT.hidden_states
-and of the fused kernels, joined to a name with "+" (e.g. unbind+fused_ce+fused_qk; alone they mean unbind):
+and switches, joined to a name with "+" (e.g. unbind+fused_ce+fused_qk; alone they mean unbind):
   fused_ce   GPT.fused_loss on (train.fused_ce: pgolf.softcap_ce)
   fused_qk   q/k RMS norm + RoPE + gain as pgolf.attention_ops.qk_norm_rope (train.fused_qk)
   fused_xsa  XSA as pgolf.attention_ops.xsa (train.fused_xsa)
@@ -41,7 +41,7 @@ from pgolf.model import GPT, ModelConfig  # noqa: E402
 
 ORIGINAL = GPT.hidden_states
 DECODERS = ("select", "hoisted", "unbind")
-FUSED = ("fused_ce", "fused_qk", "fused_xsa", "select_mix")
+SWITCHES = ("fused_ce", "fused_qk", "fused_xsa", "select_mix")
 BLOCK_FORWARD = Block.forward
 
 
@@ -81,7 +81,7 @@ def decoder_variant(how):
 def run(spec, cfg, args):
     name, _, knobs = spec.partition(":")
     parts = name.split("+")
-    unknown = set(parts) - set(DECODERS) - set(FUSED)
+    unknown = set(parts) - set(DECODERS) - set(SWITCHES)
     if unknown:
         raise ValueError(f"unknown variant parts {sorted(unknown)}")
     decoder = next((p for p in parts if p in DECODERS), "unbind")
