@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pgolf.bpb import bits_per_byte, byte_luts, target_bytes
 from pgolf.distributed import init_distributed
+from pgolf.fastpath import configure_cuda
 from pgolf.io import write_json
 from pgolf.shard_format import load_tokens, shard_paths
 
@@ -51,13 +52,27 @@ def window_plan(num_targets: int, seq_len: int, stride: int) -> list[tuple[int, 
 
 @torch.no_grad()
 def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, luts, seq_len: int, stride: int,
-                    batch_seqs: int, device: torch.device, rank: int = 0, world_size: int = 1) -> dict:
+                    batch_seqs: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                    compile: bool = False) -> dict:
     """Sum of NLL (nats) and of UTF-8 bytes over every target token of `tokens`, scored once.
 
     `model.scored_losses(inputs, targets, keep)` gives the NLL of the kept targets. With world_size > 1
     (an initialized process group) this rank scores its share of the window batches and the totals are
-    all-reduced, so every rank returns the same result."""
+    all-reduced, so every rank returns the same result. `compile` runs `model.hidden_states` (the dense
+    part; the head runs on the kept positions only, a shape that varies) through torch.compile, with every
+    batch padded to `batch_seqs` windows that score nothing, so one static graph serves them all."""
     model.eval().to(device)
+    if compile:
+        # An instance attribute shadows the method for scored_losses; deleted again below.
+        model.hidden_states = torch.compile(model.hidden_states, dynamic=False)
+    try:
+        return _score_windows(model, tokens, luts, seq_len, stride, batch_seqs, device, rank, world_size, compile)
+    finally:
+        if compile:
+            del model.hidden_states
+
+
+def _score_windows(model, tokens, luts, seq_len, stride, batch_seqs, device, rank, world_size, pad) -> dict:
     stream = torch.from_numpy(tokens.astype(np.int64)).to(device)
     num_targets = stream.numel() - 1
     plan = window_plan(num_targets, seq_len, stride)
@@ -70,6 +85,8 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, luts, seq_len: i
     batch_starts = np.array_split(np.arange(0, len(plan), batch_seqs), world_size)[rank]
     for first in tqdm(batch_starts.tolist(), desc="eval", unit="batch", leave=False, disable=rank != 0):
         batch = plan[first:first + batch_seqs]
+        if pad:  # repeat the last window with nothing scored (first offset = length)
+            batch = batch + [(batch[-1][0], length)] * (batch_seqs - len(batch))
         starts = torch.tensor([s for s, _ in batch], device=device)
         index = starts[:, None] + offsets_all[None, :]
         inputs, targets = stream[index], stream[index + 1]
@@ -118,8 +135,11 @@ def evaluate_files(mode: str, model_path: str | Path, val_dir: str | Path, token
     else:
         raise ValueError(f"eval mode must be 'artifact' or 'prequant', got {mode!r}")
     tokens = load_tokens(shard_paths(val_dir))
+    if dev.type == "cuda":
+        configure_cuda(dev)  # cuDNN attention when it works here, as in training
     result = evaluate_tokens(model, tokens, byte_luts(tokenizer_model), cfg["seq_len"], cfg["stride"],
-                             cfg["batch_seqs"], dev, rank, world_size)
+                             cfg["batch_seqs"], dev, rank, world_size,
+                             compile=bool(cfg.get("compile")) and dev.type == "cuda")
     elapsed = torch.tensor(time.perf_counter() - started, dtype=torch.float64, device=dev)
     if world_size > 1:
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the evaluation lasts as long as its slowest rank

@@ -57,6 +57,39 @@ def test_sliding_eval_totals_match_direct_sum():
         assert result["val_bpb"] == pytest.approx(direct_nll / np.log(2) / direct_bytes, rel=1e-6)
 
 
+def test_compiled_eval_pads_to_one_shape_and_scores_the_same(monkeypatch):
+    """compile=True: every forward sees batch_seqs full windows (one static graph), the padding scores
+    nothing, the totals equal the plain path's, and the model keeps its own method afterwards."""
+    from pgolf.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                                                rope_base=10000.0, logit_softcap=30.0, seq_len=64), 64))
+    shapes = []
+
+    def recording_compile(fn, dynamic):  # stands in for torch.compile (no C++ toolchain needed on CPU)
+        assert dynamic is False
+
+        def wrapped(input_ids):
+            shapes.append(tuple(input_ids.shape))
+            return fn(input_ids)
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tokens = np.random.default_rng(1).integers(0, 64, 700).astype(np.uint16)
+    args = dict(luts=(np.ones(64, np.int16), np.zeros(64, bool), np.zeros(64, bool)), seq_len=64, stride=16,
+                batch_seqs=5, device=torch.device("cpu"))
+    plain = evaluate_tokens(model, tokens, **args)
+    compiled = evaluate_tokens(model, tokens, **args, compile=True)
+    num_windows = len(window_plan(699, 64, 16))
+    assert num_windows % 5 != 0, "the last batch must be short for this test to check padding"
+    assert shapes == [(5, 64)] * -(-num_windows // 5)
+    assert compiled["scored_tokens"] == plain["scored_tokens"] == 699
+    assert compiled["scored_bytes"] == plain["scored_bytes"]
+    assert compiled["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-9)
+    assert "hidden_states" not in vars(model)
+
+
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory, tiny_corpus):
     """A random tiny model saved as the train stage saves model.pt (eval needs no training)."""
