@@ -7,7 +7,8 @@
 Random weights and random sp8192 ids: the scores mean nothing, the time is the eval stage's own
 (pgolf.launch.run_eval: in-process for 1 rank, torchrun for more). Prints eval seconds, scored tokens
 per second and the projection to the challenge's 40,540,160 validation tokens on that many ranks, which
-must stay under the 600 s eval budget. Writes OUT/eval.json. `--set` overrides train keys (a tiny model
+must stay under the 600 s eval budget. Writes OUT/eval.json. The eval section is challenge.yaml's
+(`eval.compile: true`; `--eval-set compile=false` times the eager forward). `--set` overrides train keys (a tiny model
 for a CPU smoke run: `--device cpu --set num_layers=2 loop_layers=[1] model_dim=32 num_heads=2 num_kv_heads=1
 --eval-set seq_len=128 stride=64`).
 """
