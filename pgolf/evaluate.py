@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pgolf.bpb import bits_per_byte, byte_luts, target_bytes
 from pgolf.distributed import init_distributed
-from pgolf.fastpath import configure_cuda
+from pgolf.fastpath import configure_cuda, maybe_compile
 from pgolf.io import write_json
 from pgolf.shard_format import load_tokens, shard_paths
 
@@ -64,7 +64,7 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, luts, seq_len: i
     model.eval().to(device)
     if compile:
         # An instance attribute shadows the method for scored_losses; deleted again below.
-        model.hidden_states = torch.compile(model.hidden_states, dynamic=False)
+        model.hidden_states = maybe_compile(model.hidden_states, True)
     try:
         return _score_windows(model, tokens, luts, seq_len, stride, batch_seqs, device, rank, world_size, compile)
     finally:

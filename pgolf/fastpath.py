@@ -63,7 +63,7 @@ def autocast_ctx(device: torch.device):
     return nullcontext()
 
 
-def maybe_compile(module: torch.nn.Module, enabled: bool):
+def maybe_compile(module, enabled: bool):
     """torch.compile with static shapes (every batch has the same shape); the module itself if disabled."""
     if not enabled:
         return module
