@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pgolf.layers import set_attention_backend
 
-BACKEND_NAMES = ("auto", "cudnn", "flash", "efficient", "math")
+BACKEND_NAMES = ("auto", "fa4", "cudnn", "flash", "efficient", "math")
 
 
 def _backend(name: str):
@@ -40,12 +40,40 @@ def _attention_works(device: torch.device, backend, gqa_native: bool) -> bool:
         return False
 
 
+def _fa4_works(device: torch.device) -> bool:
+    """FlashAttention 4 imports and one small causal GQA forward + backward matches fp32 SDPA."""
+    from pgolf import flash4
+    if not flash4.available():
+        print(f"[pgolf.fastpath] fa4: package {flash4.FA4_PACKAGE} not importable; using cuDNN", file=sys.stderr)
+        return False
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(2, 256, 8, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        k = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        v = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
+        out = flash4.attention(q, k, v)
+        out.float().square().sum().backward()
+        ref = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2).repeat_interleave(2, 1),
+                                             v.float().transpose(1, 2).repeat_interleave(2, 1), is_causal=True)
+        torch.cuda.synchronize(device)
+        return bool(torch.allclose(out.float().transpose(1, 2), ref, atol=3e-2, rtol=3e-2))
+    except Exception as exc:  # no kernel for this GPU or shape
+        print(f"[pgolf.fastpath] fa4: {type(exc).__name__}: {exc}; using cuDNN", file=sys.stderr)
+        return False
+
+
 def configure_cuda(device: torch.device, attention_backend: str = "auto") -> str:
-    """TF32 matmuls, and the fastest attention backend that works here; returns a description."""
+    """TF32 matmuls, and the fastest attention backend that works here; returns a description.
+    fa4 falls back to auto (cuDNN, else flash) where FlashAttention 4 is missing or fails its check."""
     if attention_backend not in BACKEND_NAMES:
         raise ValueError(f"train.attention_backend={attention_backend!r}: expected one of {BACKEND_NAMES}")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    if attention_backend == "fa4":
+        if _fa4_works(device):
+            set_attention_backend(None, True, fa4=True)
+            return "fa4 (FlashAttention 4, native GQA)"
+        attention_backend = "auto"
     names = ["cudnn", "flash"] if attention_backend == "auto" else [attention_backend]
     for name in names:
         for native in (True, False):

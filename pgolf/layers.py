@@ -17,20 +17,25 @@ from pgolf.attention_ops import qk_norm_rope, xsa
 
 
 # -----------------------------------------------------------------------------------------------
-# Attention backend. On Hopper the cuDNN SDPA kernel is the fastest PyTorch offers (FA3 is not on
-# PyPI); flash is the fallback. GQA_NATIVE says whether the backend takes fewer K/V heads directly
-# (enable_gqa) or K/V must be repeated to the query heads; pgolf.train probes it once on the GPU.
+# Attention backend. On Hopper the cuDNN SDPA kernel is the fastest PyTorch itself offers; FlashAttention 4
+# (pgolf.flash4, an optional package) has a faster backward; flash is the fallback. GQA_NATIVE says whether
+# the backend takes fewer K/V heads directly (enable_gqa) or K/V must be repeated to the query heads;
+# pgolf.fastpath probes it once on the GPU.
 
-ATTENTION = {"backends": None, "gqa_native": True}
+ATTENTION = {"backends": None, "gqa_native": True, "fa4": False}
 
 
-def set_attention_backend(backends: list | None, gqa_native: bool) -> None:
-    """backends: a list of torch.nn.attention.SDPBackend in priority order, or None for PyTorch's choice."""
-    ATTENTION["backends"], ATTENTION["gqa_native"] = backends, gqa_native
+def set_attention_backend(backends: list | None, gqa_native: bool, fa4: bool = False) -> None:
+    """backends: a list of torch.nn.attention.SDPBackend in priority order, or None for PyTorch's choice;
+    fa4: CUDA attention through FlashAttention 4 instead of SDPA."""
+    ATTENTION["backends"], ATTENTION["gqa_native"], ATTENTION["fa4"] = backends, gqa_native, fa4
 
 
 def sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention on [batch, heads, seq, head_dim]; k, v may have fewer (grouped) heads."""
+    if ATTENTION["fa4"] and q.is_cuda:
+        from pgolf import flash4
+        return flash4.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     gqa = k.size(1) != q.size(1)
     if gqa and not ATTENTION["gqa_native"]:
         group = q.size(1) // k.size(1)
