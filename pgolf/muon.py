@@ -10,9 +10,10 @@ each output unit gets an equal share of the update.
 
 Speed: matrices of the same (wide-oriented) shape are stacked and orthogonalized together with batched
 matmuls, so an 11-layer model costs three batched Newton–Schulz runs instead of 66 small ones. With
-several ranks the stack is dealt out: rank r orthogonalizes matrices r, r+W, ...; each rank writes its
-updates into a flat bf16 buffer of zeros, and one all_reduce (sum) hands every rank every update.
-Gradients must already be averaged over ranks before `step()`.
+several ranks each stack is dealt out: rank r orthogonalizes matrices r, r+W, ... of it, and an
+asynchronous all_gather of that shape's updates (bf16 on GPU) starts as soon as they are computed, so it
+travels while the next shape is orthogonalized. An all_gather moves half the bytes of the all_reduce of
+a zero-filled buffer it replaces. Gradients must already be averaged over ranks before `step()`.
 """
 from __future__ import annotations
 
@@ -77,6 +78,28 @@ class Muon(torch.optim.Optimizer):
             buckets.setdefault(shape, []).append(i)
         return buckets
 
+    def _orthogonalize_shape(self, group, params, directions, idx, work_dtype, rank, world_size):
+        """This rank's share (matrices rank, rank+W, ...) of one shape's stack, orthogonalized, and an async
+        all_gather of every rank's share: (idx, [W * per_rank, rows, cols] updates, handle or None).
+        Ranks with one matrix fewer send a zero matrix in its place."""
+        per_rank = -(-len(idx) // world_size)
+        mine = idx[rank::world_size]
+        stack = []
+        for i in mine:
+            d = directions[i]
+            if group["row_norm"]:
+                d = row_normalize(d)  # rows of the parameter as stored: its output units
+            d = d.to(work_dtype)
+            stack.append(d.T if d.size(0) > d.size(1) else d)
+        rows, cols = sorted(params[idx[0]].shape)
+        local = torch.zeros(per_rank, rows, cols, dtype=work_dtype, device=params[idx[0]].device)
+        if stack:
+            local[:len(stack)] = self._ns(torch.stack(stack), group["ns_steps"])
+        if world_size == 1:
+            return idx, local, None
+        gathered = local.new_empty(world_size * per_rank, rows, cols)
+        return idx, gathered, dist.all_gather_into_tensor(gathered, local, async_op=True)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -104,35 +127,19 @@ class Muon(torch.optim.Optimizer):
             # Nesterov: look ahead along the momentum.
             directions = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
 
-            on_gpu = params[0].is_cuda
-            work_dtype = torch.bfloat16 if on_gpu else torch.float32
-            sizes = [p.numel() for p in params]
-            offsets = [0]
-            for n in sizes:
-                offsets.append(offsets[-1] + n)
-            flat = torch.zeros(offsets[-1], dtype=work_dtype, device=params[0].device)
-            for shape, idx in self._buckets(params).items():
-                mine = idx[rank::world_size]
-                if not mine:
-                    continue
-                stack = []
-                for i in mine:
-                    d = directions[i]
-                    if group["row_norm"]:
-                        d = row_normalize(d)  # rows of the parameter as stored: its output units
-                    d = d.to(work_dtype)
-                    stack.append(d.T if d.size(0) > d.size(1) else d)
-                out = self._ns(torch.stack(stack), group["ns_steps"])
-                for j, i in enumerate(mine):
+            work_dtype = torch.bfloat16 if params[0].is_cuda else torch.float32
+            pending = [self._orthogonalize_shape(group, params, directions, idx, work_dtype, rank, world_size)
+                       for idx in self._buckets(params).values()]
+            updates: list = [None] * len(params)
+            for idx, gathered, handle in pending:
+                if handle is not None:
+                    handle.wait()
+                for j, i in enumerate(idx):  # matrix j of the shape was orthogonalized by rank j % W
+                    o = gathered[(j % world_size) * (len(gathered) // world_size) + j // world_size]
                     p = params[i]
-                    o = out[j].T if p.size(0) > p.size(1) else out[j]
+                    o = o.T if p.size(0) > p.size(1) else o
                     # Tall matrices get comparable per-entry steps.
-                    o = o * max(1.0, p.size(0) / p.size(1)) ** 0.5
-                    flat[offsets[i]:offsets[i + 1]] = o.reshape(-1)
-            if world_size > 1:
-                dist.all_reduce(flat)
-
-            updates = [flat[offsets[i]:offsets[i + 1]].view_as(p) for i, p in enumerate(params)]
+                    updates[i] = o * max(1.0, p.size(0) / p.size(1)) ** 0.5
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])  # decoupled, as in AdamW
             if work_dtype != params[0].dtype:

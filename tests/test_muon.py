@@ -107,3 +107,42 @@ def test_row_norm_changes_the_update_when_rows_differ_in_scale():
         Muon([w], lr=1.0, momentum=0.0, nesterov=False, row_norm=row_norm).step()
         out.append(w.detach().clone())
     assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+def _muon_params(seed=0):
+    """Three shapes, with 3, 2 and 1 matrices: a rank's share is uneven or empty at world size 2."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 16), (16, 8), (8, 16), (12, 12), (12, 12), (24, 8)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    return params
+
+
+def _two_rank_step(rank, world_size, port, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        params = _muon_params()
+        Muon(params, lr=0.1, momentum=0.9, row_norm=True).step()
+        torch.save([p.detach() for p in params], f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_share_the_work_and_get_every_update(tmp_path):
+    """Each rank orthogonalizes its share of every shape and the all_gather hands every rank all updates:
+    both ranks end with the one-rank result, uneven shares included."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_step, args=(2, port, str(tmp_path)), nprocs=2)
+    params = _muon_params()
+    Muon(params, lr=0.1, momentum=0.9, row_norm=True).step()
+    for rank in range(2):
+        for mine, ref in zip(torch.load(tmp_path / f"rank{rank}.pt"), params):
+            torch.testing.assert_close(mine, ref.detach())
