@@ -114,16 +114,16 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pgolf import artifact as pg_artifact  # noqa: E402
 from pgolf import hessians as pg_hessians  # noqa: E402
 from pgolf import optim as pg_optim  # noqa: E402
 from pgolf import train as pg_train  # noqa: E402
 from pgolf.bpb import byte_luts, target_bytes  # noqa: E402
 from pgolf.evaluate import evaluate_tokens  # noqa: E402
-from pgolf.gptq import dequantize, output_error_ratio, quantize_state_dict  # noqa: E402
+from pgolf.gptq import output_error_ratio, quantize_state_dict  # noqa: E402
 from pgolf.model import GPT as PgGPT  # noqa: E402
 from pgolf.model import ModelConfig  # noqa: E402
 from pgolf.muon import newton_schulz  # noqa: E402
+from pgolf.quant_format import dequantize, dequantized_state_dict  # noqa: E402
 
 DOCS_JSONL = Path("/work/shared/data/fineweb_pg_docs_selected_sample200.jsonl")
 CONFIG = REPO / "config" / "challenge.yaml"
@@ -915,7 +915,7 @@ def compare_quantized_loss(rep: Report, ctx, sd_ref, q_ref, meta_ref, q_pg, q_pg
         losses["reference quantized"] = float(Rq(x, y))
         for label, q in (("pgolf quantized", q_pg), ("pgolf quantized, ref H", q_pg_refH)):
             Pq = copy.deepcopy(P)
-            Pq.load_state_dict(pg_artifact.dequantized_state_dict(q), strict=False)
+            Pq.load_state_dict(dequantized_state_dict(q), strict=False)
             set_looping(R, Pq, True)
             losses[label] = float(Pq.loss(x, y))
     rep.note("held-out loss", ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))

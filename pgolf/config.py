@@ -30,6 +30,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prequant": ("docs", "tokenizer", "shards", "train", "eval"),
 }
 KEY_HEX_CHARS = 10
+# The Snakemake wildcard that carries each stage's key in rules/common.smk's path templates.
+KEY_WILDCARD: dict[str, str] = {"docs": "docs_key", "tokenizer": "tok_key", "shards": "shards_key",
+                                "train": "train_key", "quant": "quant_key", "compress": "compress_key",
+                                "eval": "eval_key", "prequant": "prequant_key"}
 
 
 def stage_key(cfg: dict, stage: str) -> str:
@@ -121,9 +125,6 @@ class RunTable:
 
     def upstream_key(self, stage: str, key: str, upstream: str) -> str:
         return self.ablation_for(stage, key).keys[upstream]
-
-    def keys_of(self, stage: str) -> list[str]:
-        return list(self._by_key[stage])
 
 
 def load_schema(path: str | Path) -> dict:

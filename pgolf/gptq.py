@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from pgolf import io
+from pgolf.quant_format import dequantize, serialize
+
 log = logging.getLogger(__name__)
 
 EMBED_NAME = "tok_emb.weight"
@@ -50,10 +53,6 @@ def quantize_rtn(W: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.
     scale = sdclip_scale(W, bits, clip_sigmas)
     q = _round(W.float(), scale.float()[:, None], _qmax(bits))
     return q.to(torch.int8), scale
-
-
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()[:, None]
 
 
 def check_hessian(H: torch.Tensor, in_features: int, name: str) -> None:
@@ -171,13 +170,11 @@ def quantize_state_dict(state_dict: dict, hessians: dict, cfg: dict) -> dict:
 
 def quantize_model(model_pt, hessians_pt, cfg: dict, out_quant_bin, out_quant_json) -> dict:
     """Quantize stage main: model.pt + hessians.pt -> quant.bin (serialized, uncompressed) + quant.json."""
-    from pgolf import artifact, io  # artifact imports this module; import late to keep the graph acyclic
-
     t0 = time.perf_counter()
     ckpt = _load(model_pt, ("model_config", "state_dict"))
     hessians = {k: v for k, v in _load(hessians_pt, ()).items() if not k.startswith("__")}
     result = quantize_state_dict(ckpt["state_dict"], hessians, cfg)
-    data = artifact.serialize(result["tensors"], ckpt["model_config"])
+    data = serialize(result["tensors"], ckpt["model_config"])
     io.write_bytes(out_quant_bin, data)
     quant = [s for s in result["stats"].values() if s["kind"] == "quant"]
     out_errs = [s["rel_output_err"] for s in quant if "rel_output_err" in s]

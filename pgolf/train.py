@@ -110,9 +110,6 @@ class Clock:
         self.t0 = time.perf_counter()
         self.elapsed, self.at_step, self.step_seconds = 0.0, 0, 0.0
 
-    def restart(self) -> None:
-        self.t0, self.elapsed, self.at_step, self.step_seconds = time.perf_counter(), 0.0, 0, 0.0
-
     def sync(self, step: int) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,10 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from pgolf.config import RunTable, apply_overrides, expand_ablations, load_schema, stage_key
+from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, expand_ablations, load_schema, stage_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -25,6 +26,14 @@ def test_embedded_default_has_baseline_quant_only_and_model_ablations(cfg):
     assert quant_only["train"] == base["train"] and quant_only["quant"] != base["quant"]
     assert model["shards"] == base["shards"] and model["train"] != base["train"]
     assert len(cfg["seeds"]) == 3
+
+
+def test_every_stage_has_one_key_wildcard_and_the_rules_use_exactly_those():
+    assert list(KEY_WILDCARD) == list(STAGE_SECTIONS)
+    common = (ROOT / "rules" / "common.smk").read_text()
+    constrained = set(re.findall(r"^\s+(\w+_key)=", common, re.M))
+    in_templates = set(re.findall(r"\{(\w+_key)\}", common))
+    assert constrained == in_templates == set(KEY_WILDCARD.values())
 
 
 def test_keys_change_only_downstream_of_the_changed_section(cfg):

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from pgolf.gptq import (dequantize, output_error_ratio, quantize_gptq, quantize_model, quantize_rtn,
-                        quantize_state_dict, sdclip_scale)
+from pgolf.gptq import (output_error_ratio, quantize_gptq, quantize_model, quantize_rtn, quantize_state_dict,
+                        sdclip_scale)
+from pgolf.quant_format import dequantize, deserialize
 
 QCFG = {"method": "gptq", "bits": 6, "embed_bits": 8, "clip_sigmas": 12.85, "embed_clip_sigmas": 20.0,
         "block_size": 16, "damp": 0.01, "passthrough_max_numel": 0, "act_order": True}
@@ -137,7 +138,6 @@ def tiny_model_and_hessians():
 
 
 def test_quantize_model_stage(tmp_path):
-    from pgolf.artifact import deserialize
     cfg, model, hess = tiny_model_and_hessians()
     torch.save({"model_config": cfg, "state_dict": model.state_dict()}, tmp_path / "model.pt")
     torch.save(hess, tmp_path / "hessians.pt")
