@@ -7,7 +7,7 @@ from `--ref`; none of its code is copied here. Where a piece of the reference is
 function it is still *its* code that runs: `training_frac`, `lr_mul` and `step_fn` (nested in
 `train_model`) are rebuilt from their code objects with their free variables supplied
 (`nested_function`), the EMA statements are compiled from the reference's own source
-(`reference_statement`). pgolf's `train_step` (nested in `pgolf.train.train`) is rebuilt the same way.
+(`reference_statement`). pgolf's side calls `pgolf.train.train_step` itself.
 
 Inputs: real sp8192 tokens, [BOS] + encode(text) per document as the shards lay them out, from
 /work/shared/data/fineweb_pg_docs_selected_sample200.jsonl (lines split on '\n' only). The first
@@ -581,8 +581,8 @@ def run_pgolf_steps(cfg, P, steps, micro, ref_grads, clip_order, ns=None, fused=
         if isinstance(opt, pg_optim.Muon) and ns is not None:
             opt._ns = ns
     full = [(torch.cat([x for x, _ in b]), torch.cat([y for _, y in b])) for b in micro]
-    train_step = nested_function(pg_train.train, "train_step", accum_steps=len(micro[0]), cfg=cfg, ddp=P,
-                                 device=torch.device("cpu"), forward=P, model=P, optimizers=optimizers)
+    trainer = pg_train.Trainer(model=P, ddp=P, forward=P, optimizers=optimizers, device=torch.device("cpu"),
+                               accum_steps=len(micro[0]), grad_clip_norm=cfg["grad_clip_norm"])
     loader, log = FixedLoader(full), []
     probe = ClipProbe(P.named_parameters, "replace", grads=ref_grads, order=clip_order)
     with probe:
@@ -591,7 +591,7 @@ def run_pgolf_steps(cfg, P, steps, micro, ref_grads, clip_order, ns=None, fused=
                                       cfg["warmdown_frac"])
             momentum = pg_optim.muon_momentum(step, cfg)
             pg_optim.set_schedules(optimizers, scale, momentum)
-            loss = train_step(loader)
+            loss = pg_train.train_step(trainer, loader)
             log.append(dict(scale=scale, momentum=momentum, loss=float(loss), norm=probe.norms[-1]))
             if snapshots is not None:
                 snapshots.append({k: v.detach().clone() for k, v in P.state_dict().items()})
