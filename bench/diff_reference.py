@@ -109,7 +109,6 @@ for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
 import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -118,6 +117,7 @@ from pgolf import hessians as pg_hessians  # noqa: E402
 from pgolf import optim as pg_optim  # noqa: E402
 from pgolf import train as pg_train  # noqa: E402
 from pgolf.bpb import byte_luts, target_bytes  # noqa: E402
+from pgolf.config import load_config  # noqa: E402
 from pgolf.evaluate import evaluate_tokens  # noqa: E402
 from pgolf.gptq import output_error_ratio, quantize_state_dict  # noqa: E402
 from pgolf.model import GPT as PgGPT  # noqa: E402
@@ -264,8 +264,8 @@ def batches(stream: np.ndarray, num: int, seqs: int, seq_len: int, start: int = 
 
 
 def load_train_cfg() -> tuple[dict, dict, dict]:
-    cfg = yaml.safe_load(CONFIG.read_text())
-    return {**pg_train.TRAIN_DEFAULTS, **cfg["train"]}, cfg["quant"], cfg["eval"]
+    cfg = load_config(CONFIG)  # the schema's defaults filled in, as the workflow sees it
+    return cfg["train"], cfg["quant"], cfg["eval"]
 
 
 def perturb_reference(model, seed: int) -> None:

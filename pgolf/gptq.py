@@ -62,9 +62,8 @@ def check_hessian(H: torch.Tensor, in_features: int, name: str) -> None:
         raise ValueError(f"{name}: Hessian contains non-finite values (NaN/inf); re-run the train stage")
 
 
-def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: float, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = False, name: str = "weight"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: float, block_size: int, damp: float,
+                  act_order: bool, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ codes for W [out, in] given the input Hessian H [in, in]; same scales as quantize_rtn."""
     check_hessian(H, W.shape[1], name)
     qmax = _qmax(bits)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pgolf import io
+from pgolf.consistency import batch_split_errors
 from pgolf.distributed import init_distributed
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
 from pgolf.hessians import collect_hessians
@@ -42,31 +43,15 @@ from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
 from pgolf.optim import EMA, build_optimizers, lr_scale, muon_momentum, set_schedules
 
-# The `train:` keys this module requires (the model keys are checked by ModelConfig.from_train_cfg).
+# The `train:` keys this module reads besides the model's (ModelConfig.from_train_cfg takes those). The
+# workflow hands over the whole section with config/schema.yaml's defaults filled in, and the schema
+# documents each key; a direct caller fills them with pgolf.config.section_defaults("train").
 TRAIN_KEYS = ("device", "batch_tokens", "grad_accum_steps", "max_steps", "max_wallclock_seconds", "warmup_steps",
               "warmdown_frac", "matrix_lr", "scalar_lr", "embed_lr", "muon_momentum", "weight_decay", "ema_decay",
-              "hessian_batches", "log_every")
-# Keys added with the record stack; absent means the plain behaviour (config/schema.yaml documents each).
-TRAIN_DEFAULTS = dict(
-    compile=False,                   # torch.compile the model and Newton–Schulz (GPU path)
-    compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
-    attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
-    fused_ce=False,                  # head + softcapped loss with the backward in the forward (pgolf.softcap_ce)
-    fused_qk=False,                  # q/k RMS norm + RoPE + gain as one op with its own backward (pgolf.attention_ops)
-    fused_xsa=False,                 # XSA as one op with its own backward (pgolf.attention_ops)
-    data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
-    sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
-    embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
-    loop_start_frac=0.0,             # depth recurrence switches on at this fraction of training
-    muon_row_norm=False,             # MuonEq-R
-    muon_momentum_warmup_start=None,  # momentum ramps linearly from this to muon_momentum ...
-    muon_momentum_warmup_steps=0,    # ... over this many steps
-    muon_ns_steps=5,
-    embed_weight_decay=0.0,          # AdamW decoupled weight decay, tied embedding
-    scalar_weight_decay=0.0,         # AdamW decoupled weight decay, gains / scales / skips
-    grad_clip_norm=0.0,              # total-norm clip over all parameters; 0: off
-    gptq_reserve_seconds=None,       # seconds kept for Hessian collection; None: estimated from step time
-)
+              "hessian_batches", "log_every", "compile", "compile_warmup_steps", "attention_backend", "fused_ce",
+              "fused_qk", "fused_xsa", "data_order", "sync_every_steps", "embed_bf16", "loop_start_frac",
+              "muon_row_norm", "muon_momentum_warmup_start", "muon_momentum_warmup_steps", "muon_ns_steps",
+              "embed_weight_decay", "scalar_weight_decay", "grad_clip_norm", "gptq_reserve_seconds")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -143,7 +128,7 @@ class Trainer:
 
 @dataclass
 class Run:
-    """One training process: its config (defaults filled), place among the ranks, model and log."""
+    """One training process: its config, place among the ranks, model and log."""
     cfg: dict
     rank: int
     world_size: int
@@ -171,22 +156,20 @@ class LoopResult:
     loop_start_step: int | None
 
 
-def train_config(cfg: dict) -> dict:
-    """The `train:` section with every key this module reads: required keys checked, defaults filled."""
+def check_train_keys(cfg: dict) -> dict:
+    """The `train:` section, refused with the missing keys named when it lacks any this module reads."""
     missing = [k for k in TRAIN_KEYS if k not in cfg]
     if missing:
-        raise KeyError(f"train config is missing keys: {', '.join(missing)}")
-    return {**TRAIN_DEFAULTS, **cfg}
+        raise KeyError(f"train config is missing keys: {', '.join(missing)} (config/schema.yaml has their defaults)")
+    return cfg
 
 
 def micro_batches(cfg: dict, world_size: int) -> int:
     """Gradient accumulation splits each rank's sequences into micro-batches: same step, less activation memory."""
-    accum_steps = cfg["grad_accum_steps"]
-    local_seqs = cfg["batch_tokens"] // world_size // cfg["seq_len"]
-    if accum_steps < 1 or local_seqs % accum_steps:
-        raise ValueError(f"train.grad_accum_steps={accum_steps} must divide the {local_seqs} sequences per rank "
-                         f"(train.batch_tokens / world_size / train.seq_len)")
-    return accum_steps
+    errors = batch_split_errors(cfg["batch_tokens"], cfg["seq_len"], world_size, cfg["grad_accum_steps"])
+    if errors:
+        raise ValueError(errors[0])
+    return cfg["grad_accum_steps"]
 
 
 def build_train_model(model_config: ModelConfig, cfg: dict, device: torch.device) -> GPT:
@@ -395,7 +378,7 @@ def run_summary(run: Run, result: LoopResult, compile_seconds: float, hessian_se
 
 def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
     """The train stage in one process (one rank under torchrun); rank 0 writes the outputs."""
-    run = set_up(train_config(cfg), train_dir, tokenizer, seed)
+    run = set_up(check_train_keys(cfg), train_dir, tokenizer, seed)
     log_hyperparameters(run, tokenizer)
     # Depth recurrence: off until loop_start_frac of training (then both graph variants get compiled).
     loop_at = run.cfg["loop_start_frac"] if run.model_config.loops else None

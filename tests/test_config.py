@@ -1,3 +1,5 @@
+import dataclasses
+import inspect
 import re
 from pathlib import Path
 
@@ -5,7 +7,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, expand_ablations, load_schema, stage_key
+from pgolf.config import (KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, expand_ablations, load_schema,
+                          section_defaults, stage_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -122,3 +125,32 @@ def test_one_gpu_overlay_runs_only_the_record_on_one_rank():
     table = RunTable(cfg, load_schema(SCHEMA_PATH))
     assert list(table.ablations) == ["record"]
     assert table.ablations["record"].cfg["train"]["nproc"] == 1
+
+
+# Code that a test or a benchmark may call without the workflow keeps a default for some config keys;
+# each must be the schema's, which is what the workflow fills in.
+def code_defaults():
+    """(section, key, default in code, where) for every such default."""
+    from pgolf.artifact import compress
+    from pgolf.evaluate import evaluate_tokens
+    from pgolf.fastpath import configure_cuda
+    from pgolf.model import ModelConfig
+
+    found = [("train", f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory(),
+              "ModelConfig") for f in dataclasses.fields(ModelConfig)
+             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    for section, fn, keys in [("compress", compress, ("codec", "level")), ("eval", evaluate_tokens, ("compile",)),
+                              ("train", configure_cuda, ("attention_backend",))]:
+        params = inspect.signature(fn).parameters
+        found += [(section, key, params[key].default, fn.__qualname__) for key in keys]
+    return found
+
+
+def test_every_default_in_code_is_the_schemas():
+    defaults = {section: section_defaults(section) for section in ("train", "compress", "eval")}
+    found = code_defaults()
+    assert len(found) >= 16
+    for section, key, value, where in found:
+        assert key in defaults[section], f"{where}: {section}.{key} has no default in config/schema.yaml"
+        assert value == defaults[section][key], \
+            f"{where}: {section}.{key} defaults to {value!r} in code, {defaults[section][key]!r} in config/schema.yaml"
