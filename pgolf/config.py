@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from pgolf.consistency import config_errors
+from pgolf.consistency import batch_split_errors, model_shape_errors
 
 # Which config sections each stage depends on, its own last. Order matters only for readability.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -158,6 +158,20 @@ def validate_config(cfg: dict, schema: dict, where: str = "config") -> None:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ValueError(f"{where}: key {key!r}: {err.message}")
+
+
+def config_errors(cfg: dict) -> list[str]:
+    """Every cross-key rule of a whole (defaults-filled) config."""
+    docs, train, evaluation = cfg["docs"], cfg["train"], cfg["eval"]
+    errors = []
+    if docs["num_val_docs"] >= docs["num_docs"]:
+        errors.append("docs.num_val_docs must be below docs.num_docs")
+    errors += model_shape_errors(train["model_dim"], train["num_heads"], train["num_kv_heads"], train["num_layers"],
+                                 train["rope_dims"], train["loop_layers"])
+    errors += batch_split_errors(train["batch_tokens"], train["seq_len"], train["nproc"], train["grad_accum_steps"])
+    if evaluation["stride"] > evaluation["seq_len"]:
+        errors.append("eval.stride must not exceed eval.seq_len")
+    return errors
 
 
 def check_consistency(cfg: dict, where: str = "config") -> None:

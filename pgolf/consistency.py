@@ -1,9 +1,10 @@
 """Rules that tie config keys together, each written once.
 
-pgolf.config checks all of them for every ablation before any job runs; ModelConfig and the train
-process check the ones they rely on again at run time, since tests and bench/ call them directly and
-the number of ranks is only known there. Each function returns the broken rules as messages that
-name the keys; an empty list means consistent. No torch here: the Snakefile imports this.
+pgolf.config.config_errors checks them (and the rules of sections no packed module reads) for every
+ablation before any job runs; ModelConfig, the loader and the train process check them again at run
+time, since tests and bench/ call them directly and the number of ranks is only known there. Each
+function returns the broken rules as messages that name the keys; an empty list means consistent.
+No torch here: the Snakefile imports this, and the packed code carries it (pgolf.model imports it).
 """
 from __future__ import annotations
 
@@ -34,16 +35,3 @@ def batch_split_errors(batch_tokens: int, seq_len: int, ranks: int, grad_accum_s
                 f"* train.grad_accum_steps={grad_accum_steps}"]
     return []
 
-
-def config_errors(cfg: dict) -> list[str]:
-    """Every cross-key rule of a whole (defaults-filled) config."""
-    docs, train, evaluation = cfg["docs"], cfg["train"], cfg["eval"]
-    errors = []
-    if docs["num_val_docs"] >= docs["num_docs"]:
-        errors.append("docs.num_val_docs must be below docs.num_docs")
-    errors += model_shape_errors(train["model_dim"], train["num_heads"], train["num_kv_heads"], train["num_layers"],
-                                 train["rope_dims"], train["loop_layers"])
-    errors += batch_split_errors(train["batch_tokens"], train["seq_len"], train["nproc"], train["grad_accum_steps"])
-    if evaluation["stride"] > evaluation["seq_len"]:
-        errors.append("eval.stride must not exceed eval.seq_len")
-    return errors

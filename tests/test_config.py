@@ -7,8 +7,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from pgolf.config import (KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, expand_ablations, load_schema,
-                          section_defaults, stage_key)
+from pgolf.config import (KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, config_errors, expand_ablations,
+                          load_schema, section_defaults, stage_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -154,3 +154,13 @@ def test_every_default_in_code_is_the_schemas():
         assert key in defaults[section], f"{where}: {section}.{key} has no default in config/schema.yaml"
         assert value == defaults[section][key], \
             f"{where}: {section}.{key} defaults to {value!r} in code, {defaults[section][key]!r} in config/schema.yaml"
+
+
+def test_config_errors_covers_every_section():
+    cfg = {"docs": {"num_docs": 10, "num_val_docs": 10},
+           "train": dict(model_dim=64, num_heads=4, num_kv_heads=3, num_layers=4, rope_dims=None, loop_layers=[1, 2],
+                         batch_tokens=100, seq_len=32, nproc=1, grad_accum_steps=1),
+           "eval": {"stride": 64, "seq_len": 32}}
+    errors = config_errors(cfg)
+    named = [e.split()[0].split("=")[0] for e in errors]
+    assert named == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens", "eval.stride"]

@@ -2,7 +2,7 @@
 by ModelConfig and the train process, with the same message naming the keys."""
 import pytest
 
-from pgolf.consistency import batch_split_errors, config_errors, model_shape_errors
+from pgolf.consistency import batch_split_errors, model_shape_errors
 from pgolf.model import ModelConfig
 
 SHAPE = dict(model_dim=64, num_heads=4, num_kv_heads=2, num_layers=4, rope_dims=None, loop_layers=[1, 2])
@@ -36,11 +36,3 @@ def test_batch_split_names_every_factor():
         "train.batch_tokens=4096 must be a multiple of train.seq_len=128 * ranks=8 * train.grad_accum_steps=8"]
     assert batch_split_errors(4096, 128, 1, 0)  # no micro-batches at all
 
-
-def test_config_errors_covers_every_section():
-    cfg = {"docs": {"num_docs": 10, "num_val_docs": 10},
-           "train": dict(SHAPE, num_kv_heads=3, batch_tokens=100, seq_len=32, nproc=1, grad_accum_steps=1),
-           "eval": {"stride": 64, "seq_len": 32}}
-    errors = config_errors(cfg)
-    assert [e.split()[0].split("=")[0] for e in errors] == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens",
-                                              "eval.stride"]
