@@ -7,23 +7,20 @@
 1. Each kernel against float64 autograd of pgolf.layers' plain code (bf16 inputs strided as the q/k/v
    GEMM leaves them): relative error beside that of the plain code run in bf16 and compiled.
 2. Launch settings (tokens per program, warps) swept per kernel, forward + backward; the fastest is used
-   for part 3 and written to the JSON for bench/model_variants.py --attn-kernel (the repo's
-   pgolf.attention_ops.KERNEL is set by hand from training-step timings, docs/benchmarks.md §3c).
+   for part 3 and written to the JSON (pgolf.attention_ops.KERNEL is set by hand from training-step
+   timings, docs/records/2026-11-23_fused_attention_ops).
 3. Forward + backward of each op against the plain code compiled by Inductor.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import time_ms  # bench/ is on sys.path: python puts the script's folder there
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_timing import time_ms  # noqa: E402
-from pgolf import attention_ops  # noqa: E402
-from pgolf.layers import Rotary, exclusive_self_attention  # noqa: E402
+from pgolf import attention_ops
+from pgolf.layers import Rotary, exclusive_self_attention
 
 B, T, H, HKV, D, ROPE = 48, 2048, 8, 4, 64, 16
 

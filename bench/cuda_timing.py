@@ -1,4 +1,4 @@
-"""Timing helpers shared by the device micro-benchmarks (attention, block and model variants, softcap_ce_check)."""
+"""Timing helpers shared by the GPU checks of the fused kernels (softcap_ce_check.py, attention_ops_check.py)."""
 import torch
 
 

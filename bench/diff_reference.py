@@ -1,16 +1,17 @@
 """Differential check, on CPU: does pgolf compute what the 1.0856 record's script computes?
 
-    python bench/diff_reference.py [--ref .ref] [--quick] [--only 0,1,2,3,4,5,6] [--threads 1]
+    python bench/diff_reference.py --docs DOCS.jsonl [--ref .ref] [--quick] [--only 0,1,2,3,4,5,6] [--threads 1]
 
 The record's script (the *reference*, `.ref/train_gpt_human.py`, git-ignored) is imported at run time
 from `--ref`; none of its code is copied here. Where a piece of the reference is not a top-level
 function it is still *its* code that runs: `training_frac`, `lr_mul` and `step_fn` (nested in
 `train_model`) are rebuilt from their code objects with their free variables supplied
 (`nested_function`), the EMA statements are compiled from the reference's own source
-(`reference_statement`). pgolf's `train_step` (nested in `pgolf.train.train`) is rebuilt the same way.
+(`reference_statement`). pgolf's side calls `pgolf.train.train_step` itself.
 
 Inputs: real sp8192 tokens, [BOS] + encode(text) per document as the shards lay them out, from
-/work/shared/data/fineweb_pg_docs_selected_sample200.jsonl (lines split on '\n' only). The first
+--docs: 200 documents of the challenge's pool as JSONL with a `text` field (the measurements in
+docs/records used fineweb_pg_docs_selected_sample200.jsonl; lines split on '\n' only). The first
 100 documents feed forward/backward, the optimizer steps and GPTQ calibration; the other 100 are
 held out (quantized-model loss, byte counting, evaluation). fp32 on CPU, torch.compile off
 (TORCHDYNAMO_DISABLE=1: the reference's @torch.compile functions run eagerly), the FA3 shim
@@ -109,23 +110,21 @@ for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
 import numpy as np  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from pgolf import artifact as pg_artifact  # noqa: E402
 from pgolf import hessians as pg_hessians  # noqa: E402
 from pgolf import optim as pg_optim  # noqa: E402
 from pgolf import train as pg_train  # noqa: E402
 from pgolf.bpb import byte_luts, target_bytes  # noqa: E402
+from pgolf.config import load_config  # noqa: E402
 from pgolf.evaluate import evaluate_tokens  # noqa: E402
-from pgolf.gptq import dequantize, output_error_ratio, quantize_state_dict  # noqa: E402
+from pgolf.gptq import output_error_ratio, quantize_state_dict  # noqa: E402
 from pgolf.model import GPT as PgGPT  # noqa: E402
 from pgolf.model import ModelConfig  # noqa: E402
 from pgolf.muon import newton_schulz  # noqa: E402
+from pgolf.quant_format import dequantize, dequantized_state_dict  # noqa: E402
 
-DOCS_JSONL = Path("/work/shared/data/fineweb_pg_docs_selected_sample200.jsonl")
 CONFIG = REPO / "config" / "challenge.yaml"
 BOS_ID = 1
 SEED = 1337
@@ -239,9 +238,9 @@ def reference_statement(fn, node_type, marker: str):
 # Tokens, models, the name map
 
 
-def load_streams(sp) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+def load_streams(sp, docs_jsonl: Path) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     """(train stream, held-out stream, held-out docs' ids): first / second half of the documents."""
-    lines = DOCS_JSONL.read_text(encoding="utf-8").split("\n")
+    lines = docs_jsonl.read_text(encoding="utf-8").split("\n")
     texts = [json.loads(line)["text"] for line in lines if line.strip()]
     docs = sp.encode(texts, out_type=int)
     half = len(docs) // 2
@@ -264,8 +263,8 @@ def batches(stream: np.ndarray, num: int, seqs: int, seq_len: int, start: int = 
 
 
 def load_train_cfg() -> tuple[dict, dict, dict]:
-    cfg = yaml.safe_load(CONFIG.read_text())
-    return {**pg_train.TRAIN_DEFAULTS, **cfg["train"]}, cfg["quant"], cfg["eval"]
+    cfg = load_config(CONFIG)  # the schema's defaults filled in, as the workflow sees it
+    return cfg["train"], cfg["quant"], cfg["eval"]
 
 
 def perturb_reference(model, seed: int) -> None:
@@ -581,8 +580,8 @@ def run_pgolf_steps(cfg, P, steps, micro, ref_grads, clip_order, ns=None, fused=
         if isinstance(opt, pg_optim.Muon) and ns is not None:
             opt._ns = ns
     full = [(torch.cat([x for x, _ in b]), torch.cat([y for _, y in b])) for b in micro]
-    train_step = nested_function(pg_train.train, "train_step", accum_steps=len(micro[0]), cfg=cfg, ddp=P,
-                                 device=torch.device("cpu"), forward=P, model=P, optimizers=optimizers)
+    trainer = pg_train.Trainer(model=P, ddp=P, forward=P, optimizers=optimizers, device=torch.device("cpu"),
+                               accum_steps=len(micro[0]), grad_clip_norm=cfg["grad_clip_norm"])
     loader, log = FixedLoader(full), []
     probe = ClipProbe(P.named_parameters, "replace", grads=ref_grads, order=clip_order)
     with probe:
@@ -591,7 +590,7 @@ def run_pgolf_steps(cfg, P, steps, micro, ref_grads, clip_order, ns=None, fused=
                                       cfg["warmdown_frac"])
             momentum = pg_optim.muon_momentum(step, cfg)
             pg_optim.set_schedules(optimizers, scale, momentum)
-            loss = train_step(loader)
+            loss = pg_train.train_step(trainer, loader)
             log.append(dict(scale=scale, momentum=momentum, loss=float(loss), norm=probe.norms[-1]))
             if snapshots is not None:
                 snapshots.append({k: v.detach().clone() for k, v in P.state_dict().items()})
@@ -915,7 +914,7 @@ def compare_quantized_loss(rep: Report, ctx, sd_ref, q_ref, meta_ref, q_pg, q_pg
         losses["reference quantized"] = float(Rq(x, y))
         for label, q in (("pgolf quantized", q_pg), ("pgolf quantized, ref H", q_pg_refH)):
             Pq = copy.deepcopy(P)
-            Pq.load_state_dict(pg_artifact.dequantized_state_dict(q), strict=False)
+            Pq.load_state_dict(dequantized_state_dict(q), strict=False)
             set_looping(R, Pq, True)
             losses[label] = float(Pq.loss(x, y))
     rep.note("held-out loss", ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
@@ -1005,14 +1004,15 @@ CHECKS = {"0": [check_hyperparameters], "1": [check_forward], "2": [check_backwa
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", required=True, help="JSONL of 200 documents with a `text` field (100 train, 100 held out)")
     parser.add_argument("--ref", default=str(REPO / ".ref"), help="folder with the record's script (default .ref)")
     parser.add_argument("--module", default="train_gpt_human", help="reference module name in --ref")
     parser.add_argument("--quick", action="store_true", help="shorter sequences, GPTQ on one block only")
     parser.add_argument("--only", default=",".join(CHECKS),
                         help="comma-separated check numbers (default: all; 4 needs 3)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: 2 threads were 6x slower on this 2-core machine "
-                             "whenever another process used a core)")
+                        help="torch threads (default 1: on 2 cores shared with another process, 2 threads "
+                             "ran 6x slower)")
     return parser.parse_args(argv)
 
 
@@ -1021,7 +1021,7 @@ def make_context(args, ref):
     sp = spm.SentencePieceProcessor(model_file=h.tokenizer_path)
     vocab = int(sp.vocab_size())
     train_cfg, quant_cfg, eval_cfg = load_train_cfg()
-    train_stream, val_stream, val_docs = load_streams(sp)
+    train_stream, val_stream, val_docs = load_streams(sp, Path(args.docs))
     R, P, names = build_pair(ref, h, train_cfg, vocab)
     fb_len = 128 if args.quick else 512
     calib_len = 256 if args.quick else 512

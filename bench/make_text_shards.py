@@ -1,28 +1,27 @@
 #!/usr/bin/env python3
-"""Real-text sp8192 shards for the quality comparison of issue 3 (pgolf vs the record's script).
+"""Real-text sp8192 shards for the quality comparison of pgolf against the record's script.
 
-    python3 bench/make_text_shards.py [--shared ../shared/data] [--out .ref/data_text]
+    python3 bench/make_text_shards.py --samples DIR [--tokenizer fineweb_8192_bpe.model] [--out .ref/data_text]
 
 Validation: fineweb_pg_docs_selected_sample200.jsonl (200 documents of the challenge's own pool).
-Training: every other JSONL sample in shared/data (FineWeb, FineWeb-Edu, C4, Dolma CC), so no
+Training: every other JSONL file in --samples (FineWeb, FineWeb-Edu, C4, Dolma CC samples), so no
 validation document is trained on. Both go through pgolf's own shards stage (BOS before each
 document, challenge shard format), with the published sp8192 tokenizer. The validation shard is cut
 to k·2048 + 1 tokens: the record keeps exactly that many, so both sides score the same targets.
 
 Writes OUT/datasets/fineweb10B_sp8192/fineweb_{train,val}_*.bin and OUT/tokenizers/fineweb_8192_bpe.model,
-the layout the record reads with DATA_DIR=OUT/ (≈ 13 MB: carry it, it is under .ref/, git-ignored).
+the layout the record reads with DATA_DIR=OUT/ (≈ 13 MB, under the git-ignored .ref/ by default).
 """
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from pgolf.docs import docs_jsonl_bytes, read_jsonl_texts
+from pgolf.shard_format import read_shard, shard_paths, write_shard
+from pgolf.shards import build_shards
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pgolf.docs import docs_jsonl_bytes, read_jsonl_texts  # noqa: E402
-from pgolf.shard_format import read_shard, shard_paths, write_shard  # noqa: E402
-from pgolf.shards import build_shards  # noqa: E402
 
 VAL_FILE = "fineweb_pg_docs_selected_sample200.jsonl"
 SEQ_LEN = 2048
@@ -30,14 +29,14 @@ SEQ_LEN = 2048
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--samples", required=True, help=f"folder of JSONL samples with a `text` field, {VAL_FILE} among them")
     ap.add_argument("--out", default=str(ROOT / ".ref" / "data_text"))
-    ap.add_argument("--tokenizer", default=None, help="default: SHARED/fineweb_8192_bpe.model")
+    ap.add_argument("--tokenizer", default=None, help="the published sp8192 model (default: SAMPLES/fineweb_8192_bpe.model)")
     a = ap.parse_args()
-    shared, out = Path(a.shared), Path(a.out)
-    tokenizer = Path(a.tokenizer or shared / "fineweb_8192_bpe.model")
-    val_texts = read_jsonl_texts(shared / VAL_FILE)
-    train_files = sorted(p for p in shared.glob("*.jsonl") if p.name != VAL_FILE)
+    samples, out = Path(a.samples), Path(a.out)
+    tokenizer = Path(a.tokenizer or samples / "fineweb_8192_bpe.model")
+    val_texts = read_jsonl_texts(samples / VAL_FILE)
+    train_files = sorted(p for p in samples.glob("*.jsonl") if p.name != VAL_FILE)
     train_texts = [t for p in train_files for t in read_jsonl_texts(p)]
     leaked = set(val_texts) & set(train_texts)
     if leaked:

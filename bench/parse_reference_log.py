@@ -9,8 +9,8 @@ step times are differences of that between two logged steps.  The loop phase sta
 after the line `layer_loop:enabled step:K` (steps K+1.. run looped).
 
 MFU counts 6 * (matrix params on the path) FLOPs per token plus causal attention
-(6 * T * d_model per layer application), the convention used in issue 3 (peak 790 TFLOP/s,
-the bf16 matmul rate measured on the device machines).
+(6 * T * d_model per layer application), against a peak of 790 TFLOP/s (the bf16 matmul rate
+measured on the H100s of docs/benchmarks.md).
 
   python3 bench/parse_reference_log.py ref.log [--skip 3] [--json out.json]
 """

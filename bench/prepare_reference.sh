@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Put the record's training script, an FA3 shim and a launcher into the git-ignored .ref/
-# folder, ready to be carried to the device machine (carry: [".ref"]).  Runs on the dev
-# machine; nothing it writes is committed.
+# folder of this checkout, where the bench scripts look for them. Needs no GPU; nothing it
+# writes is committed.
 #
 # Source of the reference (first that applies):
 #   REF_SRC=/path/to/train_gpt.py        a local copy of the record's train_gpt.py
-#   REF_MIRROR=<git dir>                 a git mirror of openai/parameter-golf
-#                                        (default /work/.mirror/openai+parameter-golf/repo,
-#                                        which the session's `fetch github:openai/parameter-golf` makes)
+#   REF_MIRROR=<git dir>                 a clone or mirror of openai/parameter-golf
 #   REF_COMMIT=<rev>                     revision in the mirror (default HEAD)
 # Other knobs:
-#   REF_TOKENIZER=<.model>               sp8192 tokenizer (default ../shared/data/fineweb_8192_bpe.model)
+#   REF_TOKENIZER=<.model>               the published sp8192 tokenizer, fineweb_8192_bpe.model (required)
 #   REF_VERIFY=0                         skip the blob-hash check of train_gpt.py
 set -euo pipefail
 
@@ -19,9 +17,9 @@ DEST="$ROOT/.ref"
 RECORD="records/track_10min_16mb/2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2"
 # git blob id of that record's train_gpt.py (15,516 bytes, the packed script that was run)
 EXPECTED_BLOB="3bd17c944f812fc0eadf471c0aa642d54e67179e"
-MIRROR="${REF_MIRROR:-/work/.mirror/openai+parameter-golf/repo}"
+MIRROR="${REF_MIRROR:-}"
 COMMIT="${REF_COMMIT:-HEAD}"
-TOKENIZER="${REF_TOKENIZER:-$ROOT/../shared/data/fineweb_8192_bpe.model}"
+TOKENIZER="${REF_TOKENIZER:?set REF_TOKENIZER to the published sp8192 tokenizer (fineweb_8192_bpe.model)}"
 
 cd "$ROOT"
 if git rev-parse --git-dir >/dev/null 2>&1; then
@@ -40,8 +38,8 @@ if [[ -n "${REF_SRC:-}" ]]; then
 else
   if ! git --git-dir="$MIRROR" rev-parse --verify -q "$COMMIT^{commit}" >/dev/null 2>&1 \
      && ! git -C "$MIRROR" rev-parse --verify -q "$COMMIT^{commit}" >/dev/null 2>&1; then
-    echo "prepare_reference: no openai/parameter-golf mirror at $MIRROR" >&2
-    echo "  fetch it with the session's fetch tool (github:openai/parameter-golf) and/or set REF_MIRROR," >&2
+    echo "prepare_reference: no openai/parameter-golf clone at REF_MIRROR='$MIRROR'" >&2
+    echo "  git clone https://github.com/openai/parameter-golf and set REF_MIRROR to it," >&2
     echo "  or set REF_SRC to a copy of $RECORD/train_gpt.py" >&2
     exit 1
   fi
@@ -87,4 +85,4 @@ fi
 install -m 0644 "$TOKENIZER" "$DEST/data/tokenizers/fineweb_8192_bpe.model"
 
 du -sh "$DEST" | sed 's/^/prepare_reference: .ref size /'
-echo "prepare_reference: shards are made on the device: python3 bench/make_random_shards.py --out .ref/data/datasets/fineweb10B_sp8192"
+echo "prepare_reference: random shards are made where the benchmark runs: python3 bench/make_random_shards.py --out .ref/data/datasets/fineweb10B_sp8192"

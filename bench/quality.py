@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""pgolf's side of the real-text quality comparison (issue 3): train → GPTQ → compress → eval, one seed.
+"""pgolf's side of the real-text quality comparison: train → GPTQ → compress → eval, one seed.
 
-    python3 bench/quality.py --out $OUT/pgolf_s1 --seed 1 [--steps 400] [--batch-tokens 16384]
+    python3 bench/quality.py --out OUTDIR/pgolf_s1 --seed 1 [--steps 400] [--batch-tokens 16384]
                              [--data .ref/data_text] [--device cuda] [--set key=yaml ...]
 
 The record's stack from config/challenge.yaml (train, quant, compress, eval sections) on the shards
-bench/make_text_shards.py writes; the counterpart of the reference run in bench/quality_device.sh,
+bench/make_text_shards.py writes; the counterpart of the reference run in bench/quality_side_by_side.sh,
 with the same reduced batch, steps, seed and 64 calibration micro-batches. The wall clock is taken out
 of the schedule (the warmdown follows steps), as MAX_WALLCLOCK_SECONDS=0 does for the reference.
 
@@ -23,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from run_pgolf_bench import apply_sets, link_shards  # bench/ is on sys.path: python puts the script's folder there
+
+from pgolf.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from run_pgolf_bench import apply_sets, link_shards  # noqa: E402
 
 
 def main() -> int:
@@ -52,7 +51,7 @@ def main() -> int:
     data = Path(a.data) / "datasets" / "fineweb10B_sp8192"
     tokenizer = Path(a.data) / "tokenizers" / "fineweb_8192_bpe.model"
     train_dir, val_dir = link_shards(data, "train", out / "train_shards"), link_shards(data, "val", out / "val_shards")
-    cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg = load_config(a.config)  # the schema's defaults filled in
     train = dict(cfg["train"], nproc=1, device=a.device, grad_accum_steps=8, batch_tokens=a.batch_tokens,
                  max_steps=a.steps, max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, hessian_batches=64,
                  compile_warmup_steps=3,

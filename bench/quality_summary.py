@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summarise bench/quality_device.sh: per-seed val_bpb of the reference and pgolf, and the test.
+"""Summarise bench/quality_side_by_side.sh: per-seed val_bpb of the reference and pgolf, and the test.
 
     python3 bench/quality_summary.py OUTDIR        # reads ref_s*.log and pgolf_s*/quality.json
 
@@ -15,8 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pgolf.stats import Sample, p_less  # noqa: E402
+from pgolf.stats import Sample, p_less
 
 PAIRS = {"pre-quantization post-ema": "prequant_full", "quantized": "quantized_full",
          "quantized_sliding_window": "quantized_sliding"}

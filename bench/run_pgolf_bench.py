@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Time pgolf's train stage with the record's config (config/challenge.yaml) on the device machine,
+"""Time pgolf's train stage with the record's config (config/challenge.yaml) on a GPU,
 the counterpart of run_reference_bench.sh, and summarise it the same way (per phase: before and after
 depth recurrence switches on).
 
-  python3 bench/run_pgolf_bench.py --out $OUT/pgolf [--steps 64] [--nproc 1] [--profile 61:62] [--check]
+  python3 bench/run_pgolf_bench.py --out OUTDIR/pgolf [--steps 64] [--nproc 1] [--profile 61:62] [--check]
 
 Random sp8192 tokens from .ref/data/datasets/fineweb10B_sp8192 (make_random_shards.py makes them if
 missing). World 1 runs 8 gradient-accumulation micro-batches of 48 x 2048 (= the record's 786,432
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from parse_reference_log import flops_per_token  # bench/ is on sys.path: python puts the script's folder there
+
+from pgolf.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from parse_reference_log import flops_per_token  # noqa: E402
 
 STEP_RE = re.compile(r"^step (\d+)/\d+ loss (\S+) .* elapsed_s (\S+)$", re.M)
 LOOP_RE = re.compile(r"depth recurrence on at step (\d+)")
@@ -125,7 +126,7 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load(Path(a.config).read_text())["train"]
+    cfg = load_config(a.config)["train"]  # the schema's defaults filled in
     cfg.update(nproc=a.nproc, device="cuda", grad_accum_steps=8 // a.nproc, max_steps=a.steps,
                max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, log_every=1 if a.steps <= 16 else 4,
                hessian_batches=8, compile_warmup_steps=3)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the record's train_gpt.py (prepared in .ref/ by bench/prepare_reference.sh) for a
-# timing benchmark, on the device machine, and summarise its step times.
+# timing benchmark on the GPU, and summarise its step times.
 #   usage: bash bench/run_reference_bench.sh OUTDIR [ITERATIONS=60] [NPROC=1]
 # NPROC=1 runs `python3 run_reference.py` (world 1, 8 grad-accumulation steps, the record's
 # 786,432 tokens per step); NPROC>1 uses torchrun (accumulation 8/NPROC).
@@ -17,7 +17,7 @@ mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 cd "$ROOT"
 if [[ ! -f .ref/train_gpt.py || ! -f .ref/flash_attn_interface.py ]]; then
-  echo "run_reference_bench: .ref/ is not prepared: run bench/prepare_reference.sh on the dev machine and carry .ref" >&2
+  echo "run_reference_bench: .ref/ is not prepared: run bench/prepare_reference.sh first" >&2
   exit 1
 fi
 DATA="${REF_DATA_DIR:-./data/}"            # as seen from .ref/ (or absolute)

@@ -13,17 +13,14 @@
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cuda_timing import time_ms, top_kernels  # bench/ is on sys.path: python puts the script's folder there
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_timing import time_ms, top_kernels  # noqa: E402
-from pgolf import softcap_ce  # noqa: E402
-from pgolf.softcap_ce import _rows_triton, head_loss_rows  # noqa: E402
+from pgolf import softcap_ce
+from pgolf.softcap_ce import _rows_triton, head_loss_rows
 
 CAP, VOCAB, DIM = 30.0, 8192, 512
 

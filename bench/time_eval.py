@@ -14,17 +14,16 @@ for a CPU smoke run: `--device cpu --set num_layers=2 loop_layers=[1] model_dim=
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from run_pgolf_bench import apply_sets  # bench/ is on sys.path: python puts the script's folder there
+
+from pgolf.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from run_pgolf_bench import apply_sets  # noqa: E402
 
 CHALLENGE_VAL_TOKENS = 40_540_160
 
@@ -47,7 +46,7 @@ def main() -> int:
 
     out = Path(a.out)
     (out / "val").mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load(Path(a.config).read_text())
+    cfg = load_config(a.config)  # the schema's defaults filled in
     apply_sets(cfg["train"], a.set)
     apply_sets(cfg["eval"], a.eval_set)
     vocab = spm.SentencePieceProcessor(model_file=a.tokenizer).get_piece_size()

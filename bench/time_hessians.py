@@ -5,26 +5,25 @@ bf16, bf16 autocast, eval mode, not compiled (train.py calls model.hidden_states
 recurrence on, one calibration batch = one training micro-batch of 48 x 2048 tokens (world 1 with 8
 accumulation steps and world 8 with 1 both give 48 sequences per micro-batch per rank).
 
-  python3 bench/time_hessians.py [--batches 64,16,8] [--json $OUT/hessians.json]
+  python3 bench/time_hessians.py [--batches 64,16,8] [--json OUTDIR/hessians.json]
 
-Random sp8192 ids made on the device (the weights and tokens do not change the time). One warm-up
-collection (1 batch) first; each timing includes the device -> CPU copy of the Hessians, as in train.py.
+Random sp8192 ids made on the GPU (the weights and tokens do not change the time). One warm-up
+collection (1 batch) first; each timing includes the GPU -> CPU copy of the Hessians, as in train.py.
 Also times the same forward passes without hooks, so the hook (X·Xᵀ) cost shows separately.
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from pgolf.config import load_config
+from pgolf.fastpath import autocast_ctx, configure_cuda
+from pgolf.hessians import NUM_TOKENS_KEY, collect_hessians
+from pgolf.model import GPT, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pgolf.fastpath import autocast_ctx, configure_cuda  # noqa: E402
-from pgolf.hessians import NUM_TOKENS_KEY, collect_hessians  # noqa: E402
-from pgolf.model import GPT, ModelConfig  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    cfg = yaml.safe_load(Path(args.config).read_text())["train"]
+    cfg = load_config(args.config)["train"]  # the schema's defaults filled in
     dev = torch.device("cuda")
     attention = configure_cuda(dev, cfg["attention_backend"])
     torch.manual_seed(0)

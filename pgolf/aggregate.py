@@ -7,16 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from pgolf import ARTIFACT_LIMIT_BYTES
-from pgolf.config import STAGE_SECTIONS
+from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS
 from pgolf.io import atomic_path, read_json
 from pgolf.postflight import flags as postflight_flags
 from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
 
 
-# Snakemake wildcard names of the stage keys (rules/common.smk), for matching pod reports.
-WILDCARD_STAGES = {"docs_key": "docs", "tok_key": "tokenizer", "shards_key": "shards", "train_key": "train",
-                   "quant_key": "quant", "compress_key": "compress", "eval_key": "eval",
-                   "prequant_key": "prequant"}
+# Pod reports name the jobs' wildcards; this maps a wildcard back to its stage.
+WILDCARD_STAGES = {wildcard: stage for stage, wildcard in KEY_WILDCARD.items()}
 
 
 def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFrame:

@@ -19,7 +19,8 @@ import torch
 NORM_EPS = torch.finfo(torch.float32).eps  # what F.rms_norm(eps=None) uses for bf16/fp16/fp32 input
 NORMALIZE_EPS = 1e-12                       # F.normalize's default
 # Tokens per program and warps of each kernel (bench/attention_ops_check.py sweeps them). On the H100 the
-# sweep preferred 32 × 8 for q/k alone, but training steps were no faster with it (docs/benchmarks.md §3c).
+# sweep preferred 32 × 8 for q/k alone, but training steps were no faster with it
+# (docs/records/2026-11-23_fused_attention_ops).
 KERNEL = dict(qk_tokens=8, qk_warps=4, xsa_tokens=8, xsa_warps=4)
 
 try:  # CUDA installs of torch bring Triton; a CPU-only install may not, and then only the torch path exists

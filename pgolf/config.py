@@ -17,6 +17,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from pgolf.consistency import batch_split_errors, model_shape_errors
+
 # Which config sections each stage depends on, its own last. Order matters only for readability.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "docs": ("docs",),
@@ -30,6 +32,12 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prequant": ("docs", "tokenizer", "shards", "train", "eval"),
 }
 KEY_HEX_CHARS = 10
+# The one home of every key's default (`default:`); Snakemake's validate fills them into the config.
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+# The Snakemake wildcard that carries each stage's key in rules/common.smk's path templates.
+KEY_WILDCARD: dict[str, str] = {"docs": "docs_key", "tokenizer": "tok_key", "shards": "shards_key",
+                                "train": "train_key", "quant": "quant_key", "compress": "compress_key",
+                                "eval": "eval_key", "prequant": "prequant_key"}
 
 
 def stage_key(cfg: dict, stage: str) -> str:
@@ -122,12 +130,25 @@ class RunTable:
     def upstream_key(self, stage: str, key: str, upstream: str) -> str:
         return self.ablation_for(stage, key).keys[upstream]
 
-    def keys_of(self, stage: str) -> list[str]:
-        return list(self._by_key[stage])
 
-
-def load_schema(path: str | Path) -> dict:
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     return yaml.safe_load(Path(path).read_text())
+
+
+def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The schema's `default:` of every key of one config section: what validation fills in. For code
+    that calls a stage directly (tests, bench/) with a partial section."""
+    properties = load_schema(schema_path)["properties"][section]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """A config file as the workflow sees it: validated, every schema `default:` filled in."""
+    from snakemake.utils import validate  # the workflow's own validation, which fills the defaults
+
+    cfg = yaml.safe_load(Path(path).read_text())
+    validate(cfg, str(schema_path))
+    return cfg
 
 
 def validate_config(cfg: dict, schema: dict, where: str = "config") -> None:
@@ -139,23 +160,22 @@ def validate_config(cfg: dict, schema: dict, where: str = "config") -> None:
         raise ValueError(f"{where}: key {key!r}: {err.message}")
 
 
+def config_errors(cfg: dict) -> list[str]:
+    """Every cross-key rule of a whole (defaults-filled) config."""
+    docs, train, evaluation = cfg["docs"], cfg["train"], cfg["eval"]
+    errors = []
+    if docs["num_val_docs"] >= docs["num_docs"]:
+        errors.append("docs.num_val_docs must be below docs.num_docs")
+    errors += model_shape_errors(train["model_dim"], train["num_heads"], train["num_kv_heads"], train["num_layers"],
+                                 train["rope_dims"], train["loop_layers"])
+    errors += batch_split_errors(train["batch_tokens"], train["seq_len"], train["nproc"], train["grad_accum_steps"])
+    if evaluation["stride"] > evaluation["seq_len"]:
+        errors.append("eval.stride must not exceed eval.seq_len")
+    return errors
+
+
 def check_consistency(cfg: dict, where: str = "config") -> None:
-    """Cross-key rules a JSON schema cannot express; each error names the keys involved."""
-    docs, train = cfg["docs"], cfg["train"]
-    rules = [
-        (docs["num_val_docs"] < docs["num_docs"], "docs.num_val_docs must be below docs.num_docs"),
-        (train["model_dim"] % train["num_heads"] == 0, "train.model_dim must be divisible by train.num_heads"),
-        (train["num_heads"] % train["num_kv_heads"] == 0,
-         "train.num_heads must be divisible by train.num_kv_heads"),
-        ((train["model_dim"] // train["num_heads"]) % 2 == 0, "train.model_dim / train.num_heads must be even (RoPE)"),
-        (train["batch_tokens"] % (train["seq_len"] * train["nproc"] * train.get("grad_accum_steps", 1)) == 0,
-         "train.batch_tokens must be a multiple of train.seq_len * train.nproc * train.grad_accum_steps"),
-        (cfg["eval"]["stride"] <= cfg["eval"]["seq_len"], "eval.stride must not exceed eval.seq_len"),
-        (all(0 <= i < train["num_layers"] for i in train.get("loop_layers") or []),
-         "train.loop_layers must be block indices below train.num_layers"),
-        (train.get("rope_dims") is None or train["rope_dims"] <= train["model_dim"] // train["num_heads"],
-         "train.rope_dims must not exceed the head dim (train.model_dim / train.num_heads)"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise ValueError(f"{where}: {message}")
+    """Cross-key rules a JSON schema cannot express (pgolf.consistency); the error names the keys involved."""
+    errors = config_errors(cfg)
+    if errors:
+        raise ValueError(f"{where}: {errors[0]}")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from pgolf import io
+from pgolf.quant_format import dequantize, serialize
+
 log = logging.getLogger(__name__)
 
 EMBED_NAME = "tok_emb.weight"
@@ -52,10 +55,6 @@ def quantize_rtn(W: torch.Tensor, bits: int, clip_sigmas: float) -> tuple[torch.
     return q.to(torch.int8), scale
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()[:, None]
-
-
 def check_hessian(H: torch.Tensor, in_features: int, name: str) -> None:
     if H.ndim != 2 or tuple(H.shape) != (in_features, in_features):
         raise ValueError(f"{name}: Hessian must be [{in_features}, {in_features}], got {list(H.shape)}")
@@ -63,9 +62,8 @@ def check_hessian(H: torch.Tensor, in_features: int, name: str) -> None:
         raise ValueError(f"{name}: Hessian contains non-finite values (NaN/inf); re-run the train stage")
 
 
-def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: float, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = False, name: str = "weight"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_gptq(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: float, block_size: int, damp: float,
+                  act_order: bool, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ codes for W [out, in] given the input Hessian H [in, in]; same scales as quantize_rtn."""
     check_hessian(H, W.shape[1], name)
     qmax = _qmax(bits)
@@ -171,13 +169,11 @@ def quantize_state_dict(state_dict: dict, hessians: dict, cfg: dict) -> dict:
 
 def quantize_model(model_pt, hessians_pt, cfg: dict, out_quant_bin, out_quant_json) -> dict:
     """Quantize stage main: model.pt + hessians.pt -> quant.bin (serialized, uncompressed) + quant.json."""
-    from pgolf import artifact, io  # artifact imports this module; import late to keep the graph acyclic
-
     t0 = time.perf_counter()
     ckpt = _load(model_pt, ("model_config", "state_dict"))
     hessians = {k: v for k, v in _load(hessians_pt, ()).items() if not k.startswith("__")}
     result = quantize_state_dict(ckpt["state_dict"], hessians, cfg)
-    data = artifact.serialize(result["tensors"], ckpt["model_config"])
+    data = serialize(result["tensors"], ckpt["model_config"])
     io.write_bytes(out_quant_bin, data)
     quant = [s for s in result["stats"].values() if s["kind"] == "quant"]
     out_errs = [s["rel_output_err"] for s in quant if "rel_output_err" in s]

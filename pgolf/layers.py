@@ -194,7 +194,8 @@ class Block(nn.Module):
         s = self.norm_scale
         if self.resid_mix is not None:
             # unbind, not mix[0] / mix[1]: each select's zero-filled backward gives Inductor a column
-            # reduction to fuse into a norm's row reduction (the 6 ms kernel of docs/benchmarks.md §1b).
+            # reduction to fuse into a norm's row reduction (the 6 ms kernel of
+            # docs/records/2026-11-23_mix_order_reduction_kernel).
             mix_x, mix_x0 = self.resid_mix.to(x.dtype).unbind(0)
             x = mix_x * x + mix_x0 * x0
             x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * s)

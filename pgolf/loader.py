@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgolf.consistency import batch_split_errors
 from pgolf.shard_format import read_shard, shard_paths
 
 
@@ -124,9 +125,9 @@ class DistributedTokenLoader:
     def __init__(self, train_dir, vocab_size: int, seq_len: int, batch_tokens: int,
                  rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                  order: str = "shuffled", seed: int = 0):
-        if batch_tokens % (world_size * seq_len):
-            raise ValueError(f"train.batch_tokens={batch_tokens} must be a multiple of "
-                             f"world_size * seq_len = {world_size} * {seq_len}")
+        errors = batch_split_errors(batch_tokens, seq_len, world_size, grad_accum_steps=1)
+        if errors:
+            raise ValueError(errors[0])
         if order not in DATA_ORDERS:
             raise ValueError(f"train.data_order must be one of {DATA_ORDERS}, got {order!r}")
         paths = shard_paths(train_dir)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.consistency import model_shape_errors
 from pgolf.layers import Block, RMSNorm
 from pgolf.softcap_ce import head_loss_rows
 
@@ -58,24 +59,17 @@ class ModelConfig:
     orthogonal_init: bool = False           # orthogonal init of q, k, v, fc (record: on); else PyTorch's
 
     def __post_init__(self):
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"model_dim={self.model_dim} is not divisible by num_heads={self.num_heads}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if self.logit_softcap <= 0:
-            raise ValueError(f"logit_softcap={self.logit_softcap} must be > 0")
-        if self.mlp_activation not in MLP_ACTIVATIONS:
-            raise ValueError(f"mlp_activation={self.mlp_activation!r}: expected one of {MLP_ACTIVATIONS}")
-        if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0):
-            raise ValueError(f"rope_dims={self.rope_dims} must be even and in 2..head_dim ({self.head_dim})")
         self.loop_layers = [int(i) for i in self.loop_layers]
-        loop = self.loop_layers
-        if loop and (loop != list(range(loop[0], loop[-1] + 1)) or loop[0] < 0 or loop[-1] >= self.num_layers):
-            raise ValueError(f"loop_layers={loop} must be contiguous block indices in 0..{self.num_layers - 1}")
+        errors = model_shape_errors(self.model_dim, self.num_heads, self.num_kv_heads, self.num_layers,
+                                    self.rope_dims, self.loop_layers)
+        if self.logit_softcap <= 0:
+            errors.append(f"logit_softcap={self.logit_softcap} must be > 0")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            errors.append(f"mlp_activation={self.mlp_activation!r}: expected one of {MLP_ACTIVATIONS}")
         if self.loop_repeats < 1:
-            raise ValueError(f"loop_repeats={self.loop_repeats} must be >= 1")
+            errors.append(f"loop_repeats={self.loop_repeats} must be >= 1")
+        if errors:
+            raise ValueError("; ".join(errors))
 
     @property
     def head_dim(self) -> int:

@@ -19,7 +19,7 @@ from snakemake_executor_plugin_runpod.pods import PodSpecError, canonical_gpu_ty
 
 log = logging.getLogger(__name__)
 
-# pgolf's packed code.py measures ~25.6 KB (docs/benchmarks.md §6c); a little headroom for growth.
+# pgolf's packed code.py measures ~25.6 KB (docs/benchmarks.md, code bytes); a little headroom for growth.
 CODE_BYTES_ESTIMATE = 28_000
 # The estimate is only an estimate: refuse a config only when it is clearly over the limit, and
 # warn when it lands within a few percent of it.

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 
 MAX_TRITON_VOCAB = 32768  # one row must fit one program's registers; larger vocabularies use the torch path
-# Launch settings of the CUDA kernel, swept by bench/softcap_ce_check.py (docs/benchmarks.md §3b): warps per
-# program, programs per SM of a persistent grid (0: one program per row), pipelining stages of its row loop.
+# Launch settings of the CUDA kernel, swept by bench/softcap_ce_check.py
+# (docs/records/2026-11-23_fused_softcap_ce): warps per program, programs per SM of a persistent grid
+# (0: one program per row), pipelining stages of its row loop.
 # On the H100 these take 98,304 rows of 8,192 in 1.84 ms; one program per row took 2.78 ms.
 KERNEL = dict(num_warps=16, programs_per_sm=4, stages=3)
 

@@ -24,7 +24,9 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import sentencepiece as spm
@@ -33,6 +35,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pgolf import io
+from pgolf.consistency import batch_split_errors
 from pgolf.distributed import init_distributed
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
 from pgolf.hessians import collect_hessians
@@ -40,31 +43,15 @@ from pgolf.loader import DistributedTokenLoader
 from pgolf.model import GPT, ModelConfig
 from pgolf.optim import EMA, build_optimizers, lr_scale, muon_momentum, set_schedules
 
-# The `train:` keys this module requires (the model keys are checked by ModelConfig.from_train_cfg).
+# The `train:` keys this module reads besides the model's (ModelConfig.from_train_cfg takes those). The
+# workflow hands over the whole section with config/schema.yaml's defaults filled in, and the schema
+# documents each key; a direct caller fills them with pgolf.config.section_defaults("train").
 TRAIN_KEYS = ("device", "batch_tokens", "grad_accum_steps", "max_steps", "max_wallclock_seconds", "warmup_steps",
               "warmdown_frac", "matrix_lr", "scalar_lr", "embed_lr", "muon_momentum", "weight_decay", "ema_decay",
-              "hessian_batches", "log_every")
-# Keys added with the record stack; absent means the plain behaviour (config/schema.yaml documents each).
-TRAIN_DEFAULTS = dict(
-    compile=False,                   # torch.compile the model and Newton–Schulz (GPU path)
-    compile_warmup_steps=0,          # untimed steps per graph variant before training; state is restored
-    attention_backend="auto",        # auto (cuDNN, else flash) | cudnn | flash | efficient | math
-    fused_ce=False,                  # head + softcapped loss with the backward in the forward (pgolf.softcap_ce)
-    fused_qk=False,                  # q/k RMS norm + RoPE + gain as one op with its own backward (pgolf.attention_ops)
-    fused_xsa=False,                 # XSA as one op with its own backward (pgolf.attention_ops)
-    data_order="shuffled",           # shuffled (the record's) | stream: pgolf/loader.py
-    sync_every_steps=10,             # host-device sync (and rank agreement on the clock) every N steps
-    embed_bf16=False,                # store the tied embedding in bf16 (GPU path)
-    loop_start_frac=0.0,             # depth recurrence switches on at this fraction of training
-    muon_row_norm=False,             # MuonEq-R
-    muon_momentum_warmup_start=None,  # momentum ramps linearly from this to muon_momentum ...
-    muon_momentum_warmup_steps=0,    # ... over this many steps
-    muon_ns_steps=5,
-    embed_weight_decay=0.0,          # AdamW decoupled weight decay, tied embedding
-    scalar_weight_decay=0.0,         # AdamW decoupled weight decay, gains / scales / skips
-    grad_clip_norm=0.0,              # total-norm clip over all parameters; 0: off
-    gptq_reserve_seconds=None,       # seconds kept for Hessian collection; None: estimated from step time
-)
+              "hessian_batches", "log_every", "compile", "compile_warmup_steps", "attention_backend", "fused_ce",
+              "fused_qk", "fused_xsa", "data_order", "sync_every_steps", "embed_bf16", "loop_start_frac",
+              "muon_row_norm", "muon_momentum_warmup_start", "muon_momentum_warmup_steps", "muon_ns_steps",
+              "embed_weight_decay", "scalar_weight_decay", "grad_clip_norm", "gptq_reserve_seconds")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -110,9 +97,6 @@ class Clock:
         self.t0 = time.perf_counter()
         self.elapsed, self.at_step, self.step_seconds = 0.0, 0, 0.0
 
-    def restart(self) -> None:
-        self.t0, self.elapsed, self.at_step, self.step_seconds = time.perf_counter(), 0.0, 0, 0.0
-
     def sync(self, step: int) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -130,24 +114,82 @@ class Clock:
         return self.elapsed + (step - self.at_step) * self.step_seconds
 
 
-def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
+@dataclass
+class Trainer:
+    """What one optimizer step touches."""
+    model: GPT
+    ddp: torch.nn.Module      # the model itself, or its DistributedDataParallel wrapper on several ranks
+    forward: Callable         # ddp, compiled on the GPU path
+    optimizers: list
+    device: torch.device
+    accum_steps: int          # micro-batches per step
+    grad_clip_norm: float     # 0: off
+
+
+@dataclass
+class Run:
+    """One training process: its config, place among the ranks, model and log."""
+    cfg: dict
+    rank: int
+    world_size: int
+    device: torch.device
+    train_dir: Path
+    seed: int
+    vocab_size: int
+    model_config: ModelConfig
+    num_params: int
+    attention: str
+    trainer: Trainer
+    log: RunLog
+
+    @property
+    def model(self) -> GPT:
+        return self.trainer.model
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    train_seconds: float
+    final_train_loss: float   # mean over ranks, nats per token
+    stopped_by: str           # max_steps | wallclock
+    loop_start_step: int | None
+
+
+def check_train_keys(cfg: dict) -> dict:
+    """The `train:` section, refused with the missing keys named when it lacks any this module reads."""
     missing = [k for k in TRAIN_KEYS if k not in cfg]
     if missing:
-        raise KeyError(f"train config is missing keys: {', '.join(missing)}")
-    cfg = {**TRAIN_DEFAULTS, **cfg}
-    rank, world_size, device = init_distributed(cfg["device"])
-    log = RunLog(rank == 0)
-    attention = configure_cuda(device, cfg["attention_backend"]) if device.type == "cuda" else "cpu-default"
-    seed_everything(seed)
+        raise KeyError(f"train config is missing keys: {', '.join(missing)} (config/schema.yaml has their defaults)")
+    return cfg
 
-    vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
-    model_config = ModelConfig.from_train_cfg(cfg, vocab_size)
+
+def micro_batches(cfg: dict, world_size: int) -> int:
+    """Gradient accumulation splits each rank's sequences into micro-batches: same step, less activation memory."""
+    errors = batch_split_errors(cfg["batch_tokens"], cfg["seq_len"], world_size, cfg["grad_accum_steps"])
+    if errors:
+        raise ValueError(errors[0])
+    return cfg["grad_accum_steps"]
+
+
+def build_train_model(model_config: ModelConfig, cfg: dict, device: torch.device) -> GPT:
     model = GPT(model_config).to(device)
     model.fused_loss = bool(cfg["fused_ce"])
     for block in model.blocks:
         block.attn.fused_qk, block.attn.fused_xsa = bool(cfg["fused_qk"]), bool(cfg["fused_xsa"])
     if cfg["embed_bf16"]:
         model.tok_emb.weight.data = model.tok_emb.weight.data.to(torch.bfloat16)
+    return model
+
+
+def set_up(cfg: dict, train_dir, tokenizer, seed: int) -> Run:
+    """Process group, device, seeds, model, optimizers, DDP and compile wrappers."""
+    rank, world_size, device = init_distributed(cfg["device"])
+    attention = configure_cuda(device, cfg["attention_backend"]) if device.type == "cuda" else "cpu-default"
+    seed_everything(seed)
+    vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
+    model_config = ModelConfig.from_train_cfg(cfg, vocab_size)
+    model = build_train_model(model_config, cfg, device)
     optimizers = build_optimizers(model, cfg, device)
     ddp = model
     if world_size > 1:
@@ -155,83 +197,109 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True, broadcast_buffers=False)
     forward = maybe_compile(ddp, cfg["compile"] and device.type == "cuda")
-    num_params = sum(p.numel() for p in model.parameters())
-    # Gradient accumulation splits each rank's sequences into micro-batches: same step, less activation memory.
-    accum_steps = cfg["grad_accum_steps"]
-    local_seqs = cfg["batch_tokens"] // world_size // cfg["seq_len"]
-    if accum_steps < 1 or local_seqs % accum_steps:
-        raise ValueError(f"train.grad_accum_steps={accum_steps} must divide the {local_seqs} sequences per rank "
-                         f"(train.batch_tokens / world_size / train.seq_len)")
+    trainer = Trainer(model, ddp, forward, optimizers, device, micro_batches(cfg, world_size), cfg["grad_clip_norm"])
+    return Run(cfg, rank, world_size, device, Path(train_dir), seed, vocab_size, model_config,
+               sum(p.numel() for p in model.parameters()), attention, trainer, RunLog(rank == 0))
 
-    def make_loader():
-        return DistributedTokenLoader(train_dir, vocab_size, cfg["seq_len"], cfg["batch_tokens"],
-                                      rank, world_size, device, cfg["data_order"], seed)
 
-    def train_step(loader) -> torch.Tensor:
-        """Forward/backward over the micro-batches, clip, optimizer steps; returns the loss (on device)."""
-        inputs, targets = loader.next_batch()
-        loss_sum = torch.zeros((), device=device)
-        micro = list(zip(inputs.chunk(accum_steps), targets.chunk(accum_steps)))
-        for k, (x, y) in enumerate(micro):
-            # Gradients are reduced once per step: during the last micro-batch's backward.
-            no_sync = ddp.no_sync() if ddp is not model and k < len(micro) - 1 else nullcontext()
-            with no_sync:
-                with autocast_ctx(device):
-                    loss = forward(x, y) / accum_steps
-                loss.backward()
-            loss_sum += loss.detach()
-        if cfg["grad_clip_norm"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip_norm"], foreach=device.type == "cuda")
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=ddp is model)
-        return loss_sum
-
-    log("# hyperparameters")
-    run_info = dict(cfg, seed=seed, world_size=world_size, device=str(device), vocab_size=vocab_size,
-                    num_params=num_params, train_dir=str(train_dir), tokenizer=str(tokenizer),
-                    torch_version=torch.__version__, attention=attention)
+def log_hyperparameters(run: Run, tokenizer) -> None:
+    run.log("# hyperparameters")
+    run_info = dict(run.cfg, seed=run.seed, world_size=run.world_size, device=str(run.device),
+                    vocab_size=run.vocab_size, num_params=run.num_params, train_dir=str(run.train_dir),
+                    tokenizer=str(tokenizer), torch_version=torch.__version__, attention=run.attention)
     for key, value in run_info.items():
-        log(f"{key}: {value}")
+        run.log(f"{key}: {value}")
 
-    # Depth recurrence: off until loop_start_frac of training (then both graph variants get compiled).
-    loop_at = cfg["loop_start_frac"] if model_config.loops else None
-    model.looping = model_config.loops and loop_at <= 0
 
-    compile_seconds = 0.0
-    if cfg["compile_warmup_steps"] > 0:
-        # Compile (and warm the allocator) outside the timed budget, then put everything back.
-        t = time.perf_counter()
-        saved_model = copy.deepcopy(model.state_dict())
-        saved_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-        warm_loader = make_loader()
-        variants = [model.looping] + ([True] if loop_at is not None and not model.looping else [])
-        for looping in variants:
-            model.looping = looping
-            for i in range(cfg["compile_warmup_steps"]):
-                set_schedules(optimizers, 1.0, muon_momentum(i, cfg))
-                train_step(warm_loader)
-        model.looping = model_config.loops and loop_at <= 0
-        model.load_state_dict(saved_model)
-        for opt, state in zip(optimizers, saved_opts):
-            opt.load_state_dict(state)
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        compile_seconds = time.perf_counter() - t
-        log(f"compile warm-up: {cfg['compile_warmup_steps']} steps x {len(variants)} graph variant(s) "
+def make_loader(run: Run) -> DistributedTokenLoader:
+    cfg = run.cfg
+    return DistributedTokenLoader(run.train_dir, run.vocab_size, cfg["seq_len"], cfg["batch_tokens"],
+                                  run.rank, run.world_size, run.device, cfg["data_order"], run.seed)
+
+
+def train_step(trainer: Trainer, loader) -> torch.Tensor:
+    """Forward/backward over the micro-batches, clip, optimizer steps; returns the loss (on device)."""
+    model, ddp, device, accum_steps = trainer.model, trainer.ddp, trainer.device, trainer.accum_steps
+    inputs, targets = loader.next_batch()
+    loss_sum = torch.zeros((), device=device)
+    micro = list(zip(inputs.chunk(accum_steps), targets.chunk(accum_steps)))
+    for k, (x, y) in enumerate(micro):
+        # Gradients are reduced once per step: during the last micro-batch's backward.
+        no_sync = ddp.no_sync() if ddp is not model and k < len(micro) - 1 else nullcontext()
+        with no_sync:
+            with autocast_ctx(device):
+                loss = trainer.forward(x, y) / accum_steps
+            loss.backward()
+        loss_sum += loss.detach()
+    if trainer.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm, foreach=device.type == "cuda")
+    for opt in trainer.optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=ddp is model)
+    return loss_sum
+
+
+def compile_warmup(run: Run, loop_at: float | None) -> float:
+    """Compile (and warm the allocator) outside the timed budget, then put everything back; returns seconds."""
+    cfg, model, optimizers = run.cfg, run.model, run.trainer.optimizers
+    if cfg["compile_warmup_steps"] <= 0:
+        return 0.0
+    t = time.perf_counter()
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    warm_loader = make_loader(run)
+    looping_at_start = model.looping
+    variants = [looping_at_start] + ([True] if loop_at is not None and not looping_at_start else [])
+    for looping in variants:
+        model.looping = looping
+        for i in range(cfg["compile_warmup_steps"]):
+            set_schedules(optimizers, 1.0, muon_momentum(i, cfg))
+            train_step(run.trainer, warm_loader)
+    model.looping = looping_at_start
+    model.load_state_dict(saved_model)
+    for opt, state in zip(optimizers, saved_opts):
+        opt.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+        torch.cuda.reset_peak_memory_stats(run.device)
+    compile_seconds = time.perf_counter() - t
+    run.log(f"compile warm-up: {cfg['compile_warmup_steps']} steps x {len(variants)} graph variant(s) "
             f"in {compile_seconds:.1f}s (untimed; weights, optimizer and data restored)")
+    return compile_seconds
 
-    ema = EMA(model, cfg["ema_decay"])
-    loader = make_loader()
-    log("# training")
+
+def global_loss(run: Run, loss_sum: torch.Tensor, step: int) -> float:
+    """The step's loss averaged over ranks; a non-finite loss stops the run (on every rank)."""
+    loss_value = float(loss_sum.item())
+    if run.world_size > 1:
+        t = torch.tensor([loss_value], dtype=torch.float64, device=run.device)
+        dist.all_reduce(t)
+        loss_value = float(t.item()) / run.world_size
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}: "
+                                 f"lower the learning rates or check the data")
+    return loss_value
+
+
+def calibration_reserve_seconds(cfg: dict, elapsed: float, step: int, accum_steps: int) -> float:
+    """Seconds kept at the end of the budget for Hessian collection."""
+    if cfg["gptq_reserve_seconds"] is not None:
+        return cfg["gptq_reserve_seconds"]
+    # A calibration batch is a forward pass only, so a mean step over-estimates it: a safe margin.
+    return cfg["hessian_batches"] * elapsed / step / accum_steps
+
+
+def timed_loop(run: Run, loader, ema: EMA, loop_at: float | None) -> LoopResult:
+    """Steps until max_steps, or until the time left could not also cover the Hessian batches."""
+    cfg, model, log = run.cfg, run.model, run.log
     max_steps, budget_seconds = cfg["max_steps"], cfg["max_wallclock_seconds"]
-    step, reserve_seconds, loss_value, stopped_by, loop_step = 0, 0.0, float("nan"), "max_steps", None
+    step, reserve_seconds, stopped_by, loop_step = 0, 0.0, "max_steps", None
     last_log_step, last_log_elapsed = 0, 0.0
-    bar = tqdm(total=max_steps, disable=rank != 0 or os.environ.get("TQDM_DISABLE") == "1", file=sys.stderr, desc="train", mininterval=1.0)
-    clock = Clock(device, world_size)
-    profiler = StepProfiler(os.environ.get("PGOLF_PROFILE_STEPS"), rank == 0)
+    bar = tqdm(total=max_steps, disable=run.rank != 0 or os.environ.get("TQDM_DISABLE") == "1", file=sys.stderr,
+               desc="train", mininterval=1.0)
+    clock = Clock(run.device, run.world_size)
+    profiler = StepProfiler(os.environ.get("PGOLF_PROFILE_STEPS"), run.rank == 0)
     while step < max_steps:
         elapsed = clock.estimate(step)
         # Wall-clock aware progress: whichever budget (steps or seconds left for training) runs out first.
@@ -239,11 +307,11 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
         if loop_at is not None and not model.looping and progress >= loop_at:
             model.looping, loop_step = True, step
             log(f"depth recurrence on at step {step} (progress {progress:.3f}): "
-                f"schedule {model_config.schedule(True)}")
+                f"schedule {run.model_config.schedule(True)}")
         scale = lr_scale(step, progress, cfg["warmup_steps"], cfg["warmdown_frac"])
-        set_schedules(optimizers, scale, muon_momentum(step, cfg))
+        set_schedules(run.trainer.optimizers, scale, muon_momentum(step, cfg))
         profiler.before(step + 1)
-        loss_sum = train_step(loader)
+        loss_sum = train_step(run.trainer, loader)
         ema.update()
         step += 1
         profiler.after(step)
@@ -252,44 +320,30 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
         near_end = clock.estimate(step) + 2 * clock.step_seconds + reserve_seconds >= budget_seconds
         if is_log or near_end or step % cfg["sync_every_steps"] == 0 or step <= 2:
             elapsed = clock.sync(step)
-            if cfg["gptq_reserve_seconds"] is not None:
-                reserve_seconds = cfg["gptq_reserve_seconds"]
-            else:
-                # A calibration batch is a forward pass only, so a mean step over-estimates it: a safe margin.
-                reserve_seconds = cfg["hessian_batches"] * elapsed / step / accum_steps
+            reserve_seconds = calibration_reserve_seconds(cfg, elapsed, step, run.trainer.accum_steps)
             if is_log:
-                loss_value = float(loss_sum.item())
-                if world_size > 1:
-                    t = torch.tensor([loss_value], dtype=torch.float64, device=device)
-                    dist.all_reduce(t)
-                    loss_value = float(t.item()) / world_size
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}: "
-                                             f"lower the learning rates or check the data")
+                loss_value = global_loss(run, loss_sum, step)
                 step_ms = 1000 * (elapsed - last_log_elapsed) / (step - last_log_step)
                 log(f"step {step}/{max_steps} loss {loss_value:.4f} lr_scale {scale:.3f} step_ms {step_ms:.1f} "
                     f"tokens_per_s {cfg['batch_tokens'] / (step_ms / 1000):.0f} elapsed_s {elapsed:.3f}")
                 bar.set_postfix(loss=f"{loss_value:.3f}")
                 last_log_step, last_log_elapsed = step, elapsed
-            # Stop once the remaining time could not also cover the Hessian batches.
             if elapsed + reserve_seconds >= budget_seconds and step < max_steps:
                 stopped_by = "wallclock"
                 break
     bar.close()
     train_seconds = clock.sync(step)
-    loss_value = float(loss_sum.item())
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}: "
-                                 f"lower the learning rates or check the data")
-    if world_size > 1:
-        t = torch.tensor([loss_value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        loss_value = float(t.item()) / world_size
+    result = LoopResult(step, train_seconds, global_loss(run, loss_sum, step), stopped_by, loop_step)
     log(f"stopped after {step} steps ({stopped_by}) in {train_seconds:.1f}s")
+    return result
 
-    # GPTQ calibration on the EMA weights, with depth recurrence as evaluation will run it.
+
+def calibrate(run: Run, ema: EMA, loader) -> tuple[dict, float]:
+    """GPTQ calibration on the EMA weights, with depth recurrence as evaluation will run it.
+    Reads training data, so it runs inside the time budget; returns (hessians, seconds)."""
+    model, accum_steps = run.model, run.trainer.accum_steps
     model.load_state_dict(ema.state)
-    model.looping = model_config.loops
+    model.looping = run.model_config.loops
     t1 = time.perf_counter()
     pending: list[torch.Tensor] = []
 
@@ -298,25 +352,46 @@ def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
             pending.extend(loader.next_batch()[0].chunk(accum_steps))
         return pending.pop(0)
 
-    with autocast_ctx(device):
-        hessians = collect_hessians(model, calibration_inputs, cfg["hessian_batches"])
+    with autocast_ctx(run.device):
+        hessians = collect_hessians(model, calibration_inputs, run.cfg["hessian_batches"])
     hessian_seconds = time.perf_counter() - t1
-    log(f"hessians: {len(hessians) - 1} matrices from {hessians['__num_tokens__']} tokens in "
-        f"{hessian_seconds:.2f}s")
+    run.log(f"hessians: {len(hessians) - 1} matrices from {hessians['__num_tokens__']} tokens in "
+            f"{hessian_seconds:.2f}s")
+    return hessians, hessian_seconds
 
-    peak = torch.tensor([peak_memory_bytes(device)], dtype=torch.float64, device=device)
-    if world_size > 1:
+
+def run_summary(run: Run, result: LoopResult, compile_seconds: float, hessian_seconds: float) -> dict:
+    """train.json: the numbers aggregate reads (peak memory is the largest over ranks)."""
+    peak = torch.tensor([peak_memory_bytes(run.device)], dtype=torch.float64, device=run.device)
+    if run.world_size > 1:
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    summary = {
+    step, train_seconds = result.steps, result.train_seconds
+    return {
         "steps": step, "train_seconds": train_seconds, "step_ms": 1000 * train_seconds / step,
-        "tokens_per_second": step * cfg["batch_tokens"] / train_seconds,
-        "peak_memory_bytes": int(peak.item()), "world_size": world_size, "device": str(device),
-        "final_train_loss": loss_value, "hessian_seconds": hessian_seconds, "stopped_by": stopped_by,
-        "num_params": num_params, "seed": seed, "loop_start_step": loop_step, "compile_seconds": compile_seconds,
-        "attention": attention,
+        "tokens_per_second": step * run.cfg["batch_tokens"] / train_seconds,
+        "peak_memory_bytes": int(peak.item()), "world_size": run.world_size, "device": str(run.device),
+        "final_train_loss": result.final_train_loss, "hessian_seconds": hessian_seconds,
+        "stopped_by": result.stopped_by, "num_params": run.num_params, "seed": run.seed,
+        "loop_start_step": result.loop_start_step, "compile_seconds": compile_seconds, "attention": run.attention,
     }
-    if rank == 0:
-        write_outputs(Path(out_dir), model_config, ema.state, hessians, log, summary)
+
+
+def train(cfg: dict, train_dir, tokenizer, out_dir, seed: int) -> dict:
+    """The train stage in one process (one rank under torchrun); rank 0 writes the outputs."""
+    run = set_up(check_train_keys(cfg), train_dir, tokenizer, seed)
+    log_hyperparameters(run, tokenizer)
+    # Depth recurrence: off until loop_start_frac of training (then both graph variants get compiled).
+    loop_at = run.cfg["loop_start_frac"] if run.model_config.loops else None
+    run.model.looping = run.model_config.loops and loop_at <= 0
+    compile_seconds = compile_warmup(run, loop_at)
+    ema = EMA(run.model, run.cfg["ema_decay"])
+    loader = make_loader(run)
+    run.log("# training")
+    result = timed_loop(run, loader, ema, loop_at)
+    hessians, hessian_seconds = calibrate(run, ema, loader)
+    summary = run_summary(run, result, compile_seconds, hessian_seconds)
+    if run.rank == 0:
+        write_outputs(Path(out_dir), run.model_config, ema.state, hessians, run.log, summary)
     return summary
 
 

@@ -42,16 +42,7 @@ INDEX_TSV = "results/index.tsv"
 POD_REPORTS_DIR = "results/pods"
 
 # The wildcard that carries each stage's key.
-KEY_WILDCARD = {
-    "docs": "docs_key",
-    "tokenizer": "tok_key",
-    "shards": "shards_key",
-    "train": "train_key",
-    "quant": "quant_key",
-    "compress": "compress_key",
-    "eval": "eval_key",
-    "prequant": "prequant_key",
-}
+from pgolf.config import KEY_WILDCARD
 
 
 def upstream_path(stage, wildcards, target_stage, template):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pgolf import artifact
-from pgolf.artifact import (compress, compress_artifact, decompress, dequantized_state_dict, deserialize,
-                            latin1_literal, load_model_from_artifact, minify, module_sources, pack_code,
-                            serialize)
+from pgolf.artifact import (compress, compress_artifact, decompress, latin1_literal, load_model_from_artifact, minify,
+                            module_sources, pack_code)
 from pgolf.gptq import quantize_state_dict
+from pgolf.quant_format import dequantized_state_dict, deserialize, serialize
 from pgolf.model import build_model
 
 MODEL_CONFIG = {"vocab_size": 64, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,

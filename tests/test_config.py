@@ -1,10 +1,14 @@
+import dataclasses
+import inspect
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from pgolf.config import RunTable, apply_overrides, expand_ablations, load_schema, stage_key
+from pgolf.config import (KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, config_errors, expand_ablations,
+                          load_schema, section_defaults, stage_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -25,6 +29,14 @@ def test_embedded_default_has_baseline_quant_only_and_model_ablations(cfg):
     assert quant_only["train"] == base["train"] and quant_only["quant"] != base["quant"]
     assert model["shards"] == base["shards"] and model["train"] != base["train"]
     assert len(cfg["seeds"]) == 3
+
+
+def test_every_stage_has_one_key_wildcard_and_the_rules_use_exactly_those():
+    assert list(KEY_WILDCARD) == list(STAGE_SECTIONS)
+    common = (ROOT / "rules" / "common.smk").read_text()
+    constrained = set(re.findall(r"^\s+(\w+_key)=", common, re.M))
+    in_templates = set(re.findall(r"\{(\w+_key)\}", common))
+    assert constrained == in_templates == set(KEY_WILDCARD.values())
 
 
 def test_keys_change_only_downstream_of_the_changed_section(cfg):
@@ -113,3 +125,42 @@ def test_one_gpu_overlay_runs_only_the_record_on_one_rank():
     table = RunTable(cfg, load_schema(SCHEMA_PATH))
     assert list(table.ablations) == ["record"]
     assert table.ablations["record"].cfg["train"]["nproc"] == 1
+
+
+# Code that a test or a benchmark may call without the workflow keeps a default for some config keys;
+# each must be the schema's, which is what the workflow fills in.
+def code_defaults():
+    """(section, key, default in code, where) for every such default."""
+    from pgolf.artifact import compress
+    from pgolf.evaluate import evaluate_tokens
+    from pgolf.fastpath import configure_cuda
+    from pgolf.model import ModelConfig
+
+    found = [("train", f.name, f.default if f.default_factory is dataclasses.MISSING else f.default_factory(),
+              "ModelConfig") for f in dataclasses.fields(ModelConfig)
+             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    for section, fn, keys in [("compress", compress, ("codec", "level")), ("eval", evaluate_tokens, ("compile",)),
+                              ("train", configure_cuda, ("attention_backend",))]:
+        params = inspect.signature(fn).parameters
+        found += [(section, key, params[key].default, fn.__qualname__) for key in keys]
+    return found
+
+
+def test_every_default_in_code_is_the_schemas():
+    defaults = {section: section_defaults(section) for section in ("train", "compress", "eval")}
+    found = code_defaults()
+    assert len(found) >= 16
+    for section, key, value, where in found:
+        assert key in defaults[section], f"{where}: {section}.{key} has no default in config/schema.yaml"
+        assert value == defaults[section][key], \
+            f"{where}: {section}.{key} defaults to {value!r} in code, {defaults[section][key]!r} in config/schema.yaml"
+
+
+def test_config_errors_covers_every_section():
+    cfg = {"docs": {"num_docs": 10, "num_val_docs": 10},
+           "train": dict(model_dim=64, num_heads=4, num_kv_heads=3, num_layers=4, rope_dims=None, loop_layers=[1, 2],
+                         batch_tokens=100, seq_len=32, nproc=1, grad_accum_steps=1),
+           "eval": {"stride": 64, "seq_len": 32}}
+    errors = config_errors(cfg)
+    named = [e.split()[0].split("=")[0] for e in errors]
+    assert named == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens", "eval.stride"]

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from pgolf.gptq import (dequantize, output_error_ratio, quantize_gptq, quantize_model, quantize_rtn,
-                        quantize_state_dict, sdclip_scale)
+from pgolf.gptq import (output_error_ratio, quantize_gptq, quantize_model, quantize_rtn, quantize_state_dict,
+                        sdclip_scale)
+from pgolf.quant_format import dequantize, deserialize
 
 QCFG = {"method": "gptq", "bits": 6, "embed_bits": 8, "clip_sigmas": 12.85, "embed_clip_sigmas": 20.0,
         "block_size": 16, "damp": 0.01, "passthrough_max_numel": 0, "act_order": True}
@@ -39,8 +40,8 @@ def test_block_size_does_not_change_the_result():
     # Lazy batch updates are an exact reordering of the same arithmetic, up to float rounding.
     X, W = calibration(), torch.randn(32, 64) * 0.05
     H = X.T @ X
-    q1, _ = quantize_gptq(W, H, 5, 3.0, block_size=64, damp=0.01)
-    q2, _ = quantize_gptq(W, H, 5, 3.0, block_size=8, damp=0.01)
+    q1, _ = quantize_gptq(W, H, 5, 3.0, block_size=64, damp=0.01, act_order=False)
+    q2, _ = quantize_gptq(W, H, 5, 3.0, block_size=8, damp=0.01, act_order=False)
     assert (q1 != q2).float().mean() < 0.01
 
 
@@ -48,7 +49,7 @@ def test_identity_hessian_equals_rtn():
     W = torch.randn(40, 32) * 0.1
     for bits in (4, 6, 8):
         q_rtn, s_rtn = quantize_rtn(W, bits, 4.0)
-        q_gptq, s_gptq = quantize_gptq(W, torch.eye(32), bits, 4.0, block_size=8, damp=0.01)
+        q_gptq, s_gptq = quantize_gptq(W, torch.eye(32), bits, 4.0, block_size=8, damp=0.01, act_order=False)
         assert torch.equal(q_rtn, q_gptq) and torch.equal(s_rtn, s_gptq)
 
 
@@ -92,9 +93,9 @@ def test_bad_hessian_errors_name_the_tensor():
     H = torch.eye(16)
     H[2, 5] = float("nan")
     with pytest.raises(ValueError, match="blocks.0.mlp.fc.weight.*non-finite"):
-        quantize_gptq(W, H, 6, 3.0, name="blocks.0.mlp.fc.weight")
+        quantize_gptq(W, H, 6, 3.0, 16, 0.01, False, name="blocks.0.mlp.fc.weight")
     with pytest.raises(ValueError, match=r"blocks.1.attn.q.weight.*\[16, 16\]"):
-        quantize_gptq(W, torch.eye(8), 6, 3.0, name="blocks.1.attn.q.weight")
+        quantize_gptq(W, torch.eye(8), 6, 3.0, 16, 0.01, False, name="blocks.1.attn.q.weight")
     with pytest.raises(ValueError, match="blocks.2.attn.k.weight.*non-finite"):
         quantize_state_dict({"blocks.2.attn.k.weight": W}, {"blocks.2.attn.k.weight": H}, QCFG)
 
@@ -137,7 +138,6 @@ def tiny_model_and_hessians():
 
 
 def test_quantize_model_stage(tmp_path):
-    from pgolf.artifact import deserialize
     cfg, model, hess = tiny_model_and_hessians()
     torch.save({"model_config": cfg, "state_dict": model.state_dict()}, tmp_path / "model.pt")
     torch.save(hess, tmp_path / "hessians.pt")

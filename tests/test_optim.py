@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from pgolf.config import section_defaults
 from pgolf.model import GPT, ModelConfig
 from pgolf.optim import EMA, build_optimizers, lr_scale, muon_momentum
-from pgolf.train import TRAIN_DEFAULTS
 
 
 def test_lr_schedule():
@@ -15,7 +15,7 @@ def test_lr_schedule():
 
 
 def test_muon_momentum_warmup():
-    cfg = dict(TRAIN_DEFAULTS, muon_momentum=0.99, muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500)
+    cfg = dict(section_defaults("train"), muon_momentum=0.99, muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500)
     assert muon_momentum(0, cfg) == pytest.approx(0.92)
     assert muon_momentum(750, cfg) == pytest.approx(0.955)
     assert muon_momentum(3000, cfg) == pytest.approx(0.99)
@@ -25,7 +25,7 @@ def test_muon_momentum_warmup():
 def test_every_parameter_has_exactly_one_optimizer():
     model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
                             rope_base=10000.0, logit_softcap=30.0, seq_len=16))
-    cfg = dict(TRAIN_DEFAULTS, embed_lr=0.05, scalar_lr=0.02, matrix_lr=0.04, muon_momentum=0.95, weight_decay=0.0)
+    cfg = dict(section_defaults("train"), embed_lr=0.05, scalar_lr=0.02, matrix_lr=0.04, muon_momentum=0.95, weight_decay=0.0)
     adam, muon = build_optimizers(model, cfg, torch.device("cpu"))
     owned = [p for opt in (adam, muon) for g in opt.param_groups for p in g["params"]]
     assert sorted(map(id, owned)) == sorted(id(p) for p in model.parameters())

@@ -5,15 +5,18 @@ import re
 import pytest
 import torch
 
+from pgolf.config import section_defaults
 from pgolf.hessians import EMBED_KEY, NUM_TOKENS_KEY
 from pgolf.launch import TRAIN_FILES, launch_env, run_train, torchrun_command
 from pgolf.model import build_model
-from pgolf.train import train
+from pgolf.optim import build_optimizers
+from pgolf.train import Trainer, train, train_step
 
-TINY = dict(nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
-            rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1, max_steps=20,
-            max_wallclock_seconds=300.0, warmup_steps=2, warmdown_frac=0.3, matrix_lr=0.04, scalar_lr=0.02,
-            embed_lr=0.05, muon_momentum=0.95, weight_decay=0.0, ema_decay=0.9, hessian_batches=2, log_every=5)
+# A tiny model on the schema's defaults, as the workflow would hand it over.
+TINY = dict(section_defaults("train"), nproc=1, device="cpu", num_layers=1, model_dim=32, num_heads=2, num_kv_heads=1,
+            mlp_mult=2, rope_base=10000.0, logit_softcap=30.0, seq_len=32, batch_tokens=512, grad_accum_steps=1,
+            max_steps=20, max_wallclock_seconds=300.0, warmup_steps=2, warmdown_frac=0.3, matrix_lr=0.04,
+            scalar_lr=0.02, embed_lr=0.05, muon_momentum=0.95, weight_decay=0.0, ema_decay=0.9, hessian_batches=2, log_every=5)
 SUMMARY_KEYS = {"steps", "train_seconds", "step_ms", "tokens_per_second", "peak_memory_bytes", "world_size",
                 "device", "final_train_loss", "hessian_seconds", "stopped_by"}
 
@@ -96,6 +99,36 @@ def test_gradient_accumulation_takes_the_same_steps(tiny_corpus, tmp_path):
         torch.testing.assert_close(states[1][name], w, atol=1e-4, rtol=1e-3, msg=name)
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
         train(dict(cfg, grad_accum_steps=3), tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+
+
+class FixedBatch:
+    """A loader that hands out one batch, as DistributedTokenLoader.next_batch does: (inputs, targets)."""
+
+    def __init__(self, inputs, targets):
+        self.batch, self.calls = (inputs, targets), 0
+
+    def next_batch(self):
+        self.calls += 1
+        return self.batch
+
+
+def test_train_step_is_one_accumulated_optimizer_step():
+    """train_step on its own (as bench/diff_reference.py calls it): the loss returned is the mean over
+    micro-batches at the weights before the step, the weights move and the gradients are cleared."""
+    torch.manual_seed(0)
+    model = build_model({k: TINY[k] for k in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult",
+                                               "rope_base", "logit_softcap", "seq_len")} | {"vocab_size": 64})
+    x, y = torch.randint(0, 64, (4, 32)), torch.randint(0, 64, (4, 32))
+    with torch.no_grad():
+        expected = (model(x[:2], y[:2]) + model(x[2:], y[2:])) / 2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, model, model, build_optimizers(model, TINY, torch.device("cpu")), torch.device("cpu"),
+                      accum_steps=2, grad_clip_norm=0.0)
+    loader = FixedBatch(x, y)
+    loss = train_step(trainer, loader)
+    assert loader.calls == 1 and float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_missing_config_key_is_named(tiny_corpus, tmp_path):

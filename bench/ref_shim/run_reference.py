@@ -9,8 +9,8 @@ What this adds around the reference (its own code is imported as-is):
     last step's validation, the peak-memory line and the EMA swap), skipping the
     pre-quant eval recompile, GPTQ (CPU-heavy), brotli and the quantized/sliding evals.
     REF_STOP_AFTER_TRAIN=prequant: also run the pre-quantization eval, stop before GPTQ.
-    REF_STOP_AFTER_TRAIN=0: the whole script (the device image has no brotli: set
-    COMPRESSOR=lzma or carry a brotli wheel).
+    REF_STOP_AFTER_TRAIN=0: the whole script (it compresses with brotli; without the brotli
+    package set COMPRESSOR=lzma).
 Usage (cwd = .ref): python3 run_reference.py   |   torchrun --standalone --nproc_per_node=N run_reference.py
 """
 import os

@@ -1,42 +1,39 @@
 #!/usr/bin/env bash
-# Issue 3's quality comparison on the device: the record's script and pgolf's stages on the same real
+# The quality comparison on a GPU: the record's script and pgolf's stages on the same real
 # sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
 # pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
-#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] bash bench/quality_device.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
-# Carry [".ref", ".whl"]: .whl holds the brotli and zstandard wheels pgolf.artifact imports (the device
-# image has neither). 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the
-# 6.9M training tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64
-# micro-batches. Both use EMA decay 0.99 instead of the record's 0.997: both EMAs start from the random
-# initial weights, and after 400 steps 0.997 would still hold 30% of them (0.99: 2%). Per-seed logs land in OUTDIR as they finish, so a run cut by its time limit keeps them.
+#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] bash bench/quality_side_by_side.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+# Needs .ref/ (bench/prepare_reference.sh) and .ref/data_text (bench/make_text_shards.py).
+# 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the 6.9M training
+# tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64 micro-batches.
+# Both use EMA decay 0.99 instead of the record's 0.997: both EMAs start from the random initial
+# weights, and after 400 steps 0.997 would still hold 30% of them (0.99: 2%). Per-seed logs land in
+# OUTDIR as they finish, so a run cut by a time limit keeps them.
 set -uo pipefail
-OUT="${1:?usage: quality_device.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
+OUTDIR="${1:?usage: quality_side_by_side.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
 SEEDS="${2:-1 2 3}"; STEPS="${3:-400}"; BATCH="${4:-16384}"; SIDES="${5:-ref pgolf}"; EMA="${6:-0.99}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$ROOT"
-mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
+mkdir -p "$OUTDIR"; OUTDIR="$(cd "$OUTDIR" && pwd)"
 [[ -f .ref/data_text/datasets/fineweb10B_sp8192/fineweb_val_000000.bin ]] \
-  || { echo "no .ref/data_text: run bench/make_text_shards.py on the dev machine and carry .ref" >&2; exit 1; }
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
-fi
+  || { echo "no .ref/data_text: run bench/make_text_shards.py first" >&2; exit 1; }
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 # PARALLEL=1 runs every (seed, side) at once on the one GPU: the runs are small (1 x 2048 micro-batches)
 # and launch-bound, so they share it well, and no time is measured here. Each reference run then gets its
 # own copy of the record's code, because the record writes final_model.pt into its working directory.
 # Each process gets 2 CPU threads: six processes with torch's default 16 OpenMP threads each on 16 cores
 # stalled before their first step (eager, 470 s without a log line), which likely also explains an earlier
-# compiled call whose six runs were "still compiling" after 590 s. Compiled, two at once (one seed) took
-# 528 s for pgolf with Inductor's compile workers capped at 8; eager, three seeds of one side fit in a call.
+# compiled run whose six processes were "still compiling" after 590 s. Compiled, two at once (one seed) took
+# 528 s for pgolf with Inductor's compile workers capped at 8.
 if [[ "${PARALLEL:-0}" == 1 ]]; then
   export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-8}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 fi
 # EAGER=1 turns torch.compile off on both sides (TORCHDYNAMO_DISABLE=1): the record compiles its model
-# three times (training, quantized eval, sliding eval), which alone filled most of a 600 s call; eager
-# runs share the GPU well, so three seeds of a side fit in one call. Not the same numbers as compiled:
+# three times (training, quantized eval, sliding eval), which alone takes most of 10 minutes; eager
+# runs share the GPU well, so three seeds of a side fit in 10 minutes. Not the same numbers as compiled:
 # eager rounds every intermediate to bf16, and the record's bf16 softcap costs it ~0.035 bpb eager
-# (docs/benchmarks.md §6b), so EAGER=1 favours pgolf (which upcasts before the softcap).
+# (docs/records/2026-11-23_quality_eager), so EAGER=1 favours pgolf (which upcasts before the softcap).
 [[ "${EAGER:-0}" == 1 ]] && export TORCHDYNAMO_DISABLE=1
-# RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside the call's limit.
+# RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside an outer time limit.
 LIMIT=(); [[ -n "${RUN_TIMEOUT:-}" ]] && LIMIT=(timeout "$RUN_TIMEOUT")
 run_one() {
   local seed="$1" side="$2" start; start=$(date +%s)
@@ -48,10 +45,10 @@ run_one() {
     (cd "$dir" && rm -f "logs/quality_s$seed.txt" && PYTHONUNBUFFERED=1 DATA_DIR=./data_text/ SEED="$seed" \
       RUN_ID="quality_s$seed" ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" MAX_WALLCLOCK_SECONDS=0 \
       WARMUP_STEPS=5 TRAIN_LOG_EVERY=50 EMA_DECAY="$EMA" VAL_LOSS_EVERY=0 SLIDING_WINDOW_ENABLED=1 COMPRESSOR=lzma \
-      REF_STOP_AFTER_TRAIN=0 "${LIMIT[@]}" python3 run_reference.py) > "$OUT/ref_s$seed.log" 2>&1
+      REF_STOP_AFTER_TRAIN=0 "${LIMIT[@]}" python3 run_reference.py) > "$OUTDIR/ref_s$seed.log" 2>&1
   else
-    "${LIMIT[@]}" python3 bench/quality.py --out "$OUT/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
-      --set ema_decay="$EMA" > "$OUT/pgolf_s$seed.log" 2>&1
+    "${LIMIT[@]}" python3 bench/quality.py --out "$OUTDIR/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
+      --set ema_decay="$EMA" > "$OUTDIR/pgolf_s$seed.log" 2>&1
   fi
   echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
 }
@@ -59,8 +56,8 @@ run_one() {
 # compiled: they then load Inductor's cached graphs and kernels (same code, same shapes) instead of
 # compiling the same model three times at once on 16 cores.
 compiled() {  # side seed -> true once that run logged its first step after compiling
-  if [[ "$1" == ref ]]; then grep -qE '^1/[0-9]+ train_loss' "$OUT/ref_s$2.log" 2>/dev/null
-  else grep -q 'compile warm-up' "$OUT/pgolf_s$2/train_stdout.log" 2>/dev/null; fi
+  if [[ "$1" == ref ]]; then grep -qE '^1/[0-9]+ train_loss' "$OUTDIR/ref_s$2.log" 2>/dev/null
+  else grep -q 'compile warm-up' "$OUTDIR/pgolf_s$2/train_stdout.log" 2>/dev/null; fi
 }
 SEED_LIST=($SEEDS)
 for seed in "${SEED_LIST[@]}"; do
@@ -75,4 +72,4 @@ for seed in "${SEED_LIST[@]}"; do
   fi
 done
 wait
-python3 bench/quality_summary.py "$OUT"
+python3 bench/quality_summary.py "$OUTDIR"
