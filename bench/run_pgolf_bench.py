@@ -138,7 +138,8 @@ def main() -> int:
                         "--train-tokens", "20000000"], check=True)
     train_dir = link_shards(Path(a.data), "train", out / "train_shards")  # the stage never sees val
     (out / "params.json").write_text(json.dumps(cfg, indent=1))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # keep the caller's
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath, TQDM_DISABLE="1")
     if a.profile:
         env["PGOLF_PROFILE_STEPS"] = a.profile
     launcher = [sys.executable] if a.nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
