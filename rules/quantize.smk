@@ -10,6 +10,8 @@ rule quantize:
         summary=QUANT_JSON,
     params:
         cfg=stage_params("quant"),
+    resources:
+        gpu=quant_gpus,
     log:
         "results/logs/quant/{quant_key}_seed{seed}.log",
     script:
