@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from pgolf.config import RunTable, load_schema
+from pgolf.preflight import check_runs
 
 min_version("9.0")
 
@@ -21,15 +22,16 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schema.yaml")
 RUNS = RunTable(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
+# Pre-flight of every ablation and grid cell, once, in the process that plans the jobs (not again
+# inside each job); this machine's GPUs are checked only when jobs will run here.
+if workflow.is_main_process:
+    check_runs({name: a.cfg for name, a in RUNS.ablations.items()},
+               local_gpus=workflow.local_exec and not workflow.dryrun)
 
-# CPU-only stages run where the user is, whatever executor a profile picks for the GPU stages.
-localrules:
-    all,
-    docs,
-    tokenizer,
-    shards,
-    compress,
-    aggregate,
+
+# Rules that run where the user is, whatever executor a profile picks for the others (config key
+# local_rules; the slurm profile keeps only `all` here so tokenizing runs on the cluster).
+workflow.localrules(*config["local_rules"])
 
 
 include: "rules/common.smk"
