@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from pgolf.config import RunTable, load_schema
-from pgolf.preflight import check_runs
+from pgolf.preflight import check_local_gpu_runs, check_runs
 
 min_version("9.0")
 
@@ -23,10 +23,16 @@ validate(config, "config/schema.yaml")
 RUNS = RunTable(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
 # Pre-flight of every ablation and grid cell, once, in the process that plans the jobs (not again
-# inside each job); this machine's GPUs are checked only when jobs will run here.
+# inside each job), dry runs included.
+CELLS = {name: ablation.cfg for name, ablation in RUNS.ablations.items()}
 if workflow.is_main_process:
-    check_runs({name: a.cfg for name, a in RUNS.ablations.items()},
-               local_gpus=workflow.local_exec and not workflow.dryrun)
+    check_runs(CELLS)
+
+
+onstart:
+    # Only here, before the first job, is the executor known: this machine's GPUs matter when jobs run here.
+    if workflow.local_exec:
+        check_local_gpu_runs(CELLS)
 
 
 # Rules that run where the user is, whatever executor a profile picks for the others (config key

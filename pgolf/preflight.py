@@ -6,7 +6,8 @@
   the quantization bit widths and the code size (printed, so the user sees the margin);
 - a local CUDA run asks for no more GPUs than this machine lets the workflow use.
 
-The Snakefile calls check_runs() once, in the main Snakemake process, whatever the executor."""
+The Snakefile calls check_runs() once, in the main Snakemake process, whatever the executor, and
+check_local_gpu_runs() before the first job when jobs run on this machine."""
 
 import logging
 import math
@@ -139,21 +140,30 @@ def check(config: Mapping, code_bytes: int = CODE_BYTES_ESTIMATE, where: str = "
     return estimate
 
 
-def check_runs(ablations: Mapping[str, Mapping], local_gpus: bool, env=None) -> None:
-    """check() every ablation and grid cell ({name: resolved config}), and its GPU request against this
-    machine's GPUs when jobs run here; one error naming every failing cell, so nothing starts."""
-    visible = gpus.available_ids(env) if local_gpus else None
-    failures = []
-    for name, cfg in ablations.items():
-        where = f"ablation {name!r}"
-        try:
-            check(cfg, where=where)
-        except PreflightError as e:
-            failures.append(str(e))
-        if visible is not None:
-            try:
-                check_local_gpus(cfg["train"], visible)
-            except PreflightError as e:
-                failures.append(f"pre-flight failed for {where}:\n  - {e}")
+def _refuse(failures: list) -> None:
     if failures:
         raise PreflightError("\n".join(failures) + "\nNo job was started; fix the config and run again.")
+
+
+def check_runs(ablations: Mapping[str, Mapping]) -> None:
+    """check() every ablation and grid cell ({name: resolved config}); one error naming every failing
+    cell, so nothing starts."""
+    failures = []
+    for name, cfg in ablations.items():
+        try:
+            check(cfg, where=f"ablation {name!r}")
+        except PreflightError as e:
+            failures.append(str(e))
+    _refuse(failures)
+
+
+def check_local_gpu_runs(ablations: Mapping[str, Mapping], env=None) -> None:
+    """Every cell's GPU request against the GPUs pgolf may hand out on this machine (jobs run here)."""
+    visible = gpus.available_ids(env)
+    failures = []
+    for name, cfg in ablations.items():
+        try:
+            check_local_gpus(cfg["train"], visible)
+        except PreflightError as e:
+            failures.append(f"pre-flight failed for ablation {name!r}:\n  - {e}")
+    _refuse(failures)

@@ -101,27 +101,45 @@ def test_local_cuda_runs_need_enough_visible_gpus():
     two, one = copy.deepcopy(BASE), copy.deepcopy(BASE)
     two["train"], one["train"] = cuda, {**cuda, "nproc": 1, "batch_tokens": BASE["train"]["batch_tokens"]}
     cells = {"one_gpu": one, "two_gpus": two}
-    preflight.check_runs(cells, local_gpus=True, env={gpus.IDS_ENV: "0,1"})
+    preflight.check_local_gpu_runs(cells, env={gpus.IDS_ENV: "0,1"})
     with pytest.raises(preflight.PreflightError) as info:
-        preflight.check_runs(cells, local_gpus=True, env={gpus.IDS_ENV: "0"})
+        preflight.check_local_gpu_runs(cells, env={gpus.IDS_ENV: "0"})
     msg = str(info.value)
     assert "ablation 'two_gpus'" in msg and "train.nproc is 2" in msg and "ablation 'one_gpu'" not in msg
-    preflight.check_runs(cells, local_gpus=False, env={gpus.IDS_ENV: "0"})  # a cluster's GPUs, not these
-    preflight.check_runs({"cpu": BASE}, local_gpus=True, env={gpus.IDS_ENV: ""})
+    preflight.check_local_gpu_runs({"cpu": BASE}, env={gpus.IDS_ENV: ""})
+
+
+def test_a_local_cuda_run_needing_more_gpus_than_visible_starts_no_job(tmp_path):
+    """The GPU check runs once the executor is known (local here), before the first job."""
+    wd = workflow_copy(tmp_path, {"train.device": "cuda", "train.nproc": 2, "train.batch_tokens": 4096})
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=wd, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO), **{gpus.IDS_ENV: "0"}))
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "train.nproc is 2 but this machine lets the workflow use 1 GPU(s)" in out, out[-3000:]
+    assert not (wd / "results").exists()
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=wd, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO), **{gpus.IDS_ENV: "0"}))
+    assert dry.returncode == 0, dry.stderr[-3000:]  # a dry run (e.g. on a laptop) starts nothing: not checked
 
 
 # One grid cell far over 16 MB among cells that fit.
 OVERSIZED_GRID = {"grids": {"wide": {"train.model_dim": [64, 4096]}}}
 
 
-def workflow_copy(tmp_path: Path) -> Path:
-    """The repo's workflow in a scratch directory, with the oversized grid added to the embedded default."""
+def workflow_copy(tmp_path: Path, base_overrides: dict | None = None) -> Path:
+    """The repo's workflow in a scratch directory: the embedded default with dotted overrides, and the
+    oversized grid unless overrides are given."""
     wd = tmp_path / "wf"
     wd.mkdir()
     for item in ("Snakefile", "rules", "workflow", "config"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / item)
-    cfg = {**BASE, **OVERSIZED_GRID}
+    cfg = copy.deepcopy(BASE)
+    for dotted, value in (base_overrides or {}).items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    if base_overrides is None:
+        cfg.update(OVERSIZED_GRID)
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     return wd
 
