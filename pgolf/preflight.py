@@ -159,6 +159,8 @@ def check_runs(ablations: Mapping[str, Mapping]) -> None:
 
 def check_local_gpu_runs(ablations: Mapping[str, Mapping], env=None) -> None:
     """Every cell's GPU request against the GPUs pgolf may hand out on this machine (jobs run here)."""
+    if not any(cfg["train"].get("device") == "cuda" for cfg in ablations.values()):
+        return  # a CPU run: no need to look for GPUs
     visible = gpus.available_ids(env)
     failures = []
     for name, cfg in ablations.items():
