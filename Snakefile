@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from pgolf.config import RunTable, load_schema
+from pgolf.preflight import check_local_gpu_runs, check_runs
 
 min_version("9.0")
 
@@ -21,15 +22,22 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schema.yaml")
 RUNS = RunTable(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
+# Pre-flight of every ablation and grid cell, once, in the process that plans the jobs (not again
+# inside each job), dry runs included.
+CELLS = {name: ablation.cfg for name, ablation in RUNS.ablations.items()}
+if workflow.is_main_process:
+    check_runs(CELLS)
 
-# CPU-only stages run where the user is, whatever executor a profile picks for the GPU stages.
-localrules:
-    all,
-    docs,
-    tokenizer,
-    shards,
-    compress,
-    aggregate,
+
+onstart:
+    # Only here, before the first job, is the executor known: this machine's GPUs matter when jobs run here.
+    if workflow.local_exec:
+        check_local_gpu_runs(CELLS)
+
+
+# Rules that run where the user is, whatever executor a profile picks for the others (config key
+# local_rules; the slurm profile keeps only `all` here so tokenizing runs on the cluster).
+workflow.localrules(*config["local_rules"])
 
 
 include: "rules/common.smk"

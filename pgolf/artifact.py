@@ -6,6 +6,7 @@ A compressed blob starts with a 4-byte codec tag, so `decompress` needs nothing 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import lzma
@@ -159,9 +160,21 @@ def latin1_literal(data: bytes) -> str:
     return '"' + "".join(_LITERAL_ESCAPES.get(b, chr(b)) for b in data) + '"'
 
 
+def packed_sources(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -> dict:
+    """{module: minified source}: what the packed code file carries."""
+    return {mod: minify(src) for mod, src in module_sources(entry_modules, root).items()}
+
+
+def packed_sources_sha256(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -> str:
+    """Changes exactly when the packed code would (not on comment or docstring edits); the workflow's
+    compress rule carries it as a param, so Snakemake re-runs compress when the code changes."""
+    canonical = json.dumps(packed_sources(entry_modules, root), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def pack_code(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -> bytes:
     """The packed code file's bytes (latin-1 source: write them as they are)."""
-    sources = {mod: minify(src) for mod, src in module_sources(entry_modules, root).items()}
+    sources = packed_sources(entry_modules, root)
     packed = lzma.compress(json.dumps(sources, separators=(",", ":")).encode(), preset=9 | lzma.PRESET_EXTREME)
     return _STUB.format(blob=latin1_literal(packed)).encode("latin-1")
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pgolf
 from pgolf import io
+from pgolf.gpus import Placement
+
+CPU_JOB = Placement([], "none")
 
 # pgolf.train writes these names into its --out-dir; the rule's outputs may be named anything.
 TRAIN_FILES = ("model.pt", "hessians.pt", "train.log", "train.json")
@@ -38,12 +41,13 @@ def _scratch(parent: Path, prefix: str, cfg: dict):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str) -> None:
+def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str, placement: Placement) -> None:
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    env = {**launch_env(threads, nproc), **placement.env()}
     with open(log_path, "a") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
+        log.write("".join(f"{k}={v} " for k, v in placement.env().items()) + "$ " + " ".join(cmd) + "\n")
         log.flush()
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(threads, nproc))
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=placement.lock_fds)
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log_path}")
 
@@ -56,8 +60,13 @@ def launch_env(threads: int, nproc: int, base: dict | None = None) -> dict:
     return env
 
 
+def _record_placement(summary_json: Path, placement: Placement) -> None:
+    """Name the devices that ran the job in its summary JSON, before the file reaches its final path."""
+    io.write_json(summary_json, {**io.read_json(summary_json), "placement": placement.record()})
+
+
 def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_path, nproc: int,
-              threads: int) -> None:
+              threads: int, placement: Placement = CPU_JOB) -> None:
     """Run training with `nproc` ranks; `outputs` maps each of TRAIN_FILES to its final path.
 
     Ranks write into a scratch directory beside the model output; files move to their final paths only
@@ -69,24 +78,27 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
         out_dir = scratch / "out"
         cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
-        _run_logged(cmd, log_path, threads, nproc, "training")
+        _run_logged(cmd, log_path, threads, nproc, "training", placement)
+        _record_placement(out_dir / "train.json", placement)
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(out_dir / name, outputs[name])
 
 
 def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, out_json, log_path, nproc: int,
-             threads: int) -> None:
+             threads: int, placement: Placement = CPU_JOB) -> None:
     """The eval stage with `nproc` ranks. One rank runs in this process (the CPU path: no start-up cost);
     more run under torchrun, writing into a scratch file that becomes out_json only if every rank succeeded."""
-    if nproc <= 1:
-        from pgolf.evaluate import evaluate_files
-
-        evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, out_json)
-        return
     with _scratch(Path(out_json).parent, ".eval.", cfg) as scratch:
-        cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir", val_dir,
-                                                         "--tokenizer", tokenizer, "--config", scratch / "params.json",
-                                                         "--device", device, "--out", scratch / "eval.json"])
-        _run_logged(cmd, log_path, threads, nproc, "evaluation")
+        if nproc <= 1:
+            from pgolf.evaluate import evaluate_files
+
+            os.environ.update(placement.env())  # before this process first touches CUDA
+            evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, scratch / "eval.json")
+        else:
+            cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir", val_dir,
+                                                             "--tokenizer", tokenizer, "--config", scratch / "params.json",
+                                                             "--device", device, "--out", scratch / "eval.json"])
+            _run_logged(cmd, log_path, threads, nproc, "evaluation", placement)
+        _record_placement(scratch / "eval.json", placement)
         shutil.move(scratch / "eval.json", out_json)

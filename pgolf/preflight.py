@@ -1,21 +1,23 @@
-"""Pre-flight: check a config before any GPU is rented, so a mistake costs nothing.
+"""Pre-flight: check every ablation and grid cell before any job starts, so a mistake costs nothing.
 
-- the data and tokenizer files the config names exist;
+- the data and tokenizer files the config names exist, and published shards come with the
+  published tokenizer;
 - the model fits the 16,000,000-byte artifact budget, by an estimate from the parameter count,
   the quantization bit widths and the code size (printed, so the user sees the margin);
-- the GPU type and count asked for exist on RunPod.
+- a local CUDA run asks for no more GPUs than this machine lets the workflow use.
 
-The RunPod executor calls executor_hook() before its first API call (setting `preflight`)."""
+The Snakefile calls check_runs() once, in the main Snakemake process, whatever the executor, and
+check_local_gpu_runs() before the first job when jobs run on this machine."""
 
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Tuple
+from typing import Mapping
 
 import torch
 
 from pgolf import ARTIFACT_LIMIT_BYTES as LIMIT_BYTES
-from snakemake_executor_plugin_runpod.pods import PodSpecError, canonical_gpu_type, check_gpu_count
+from pgolf import gpus
 
 log = logging.getLogger(__name__)
 
@@ -94,33 +96,34 @@ def _check_paths(config: Mapping) -> list:
             errors.append("docs.source is jsonl but docs.path is not set")
         elif not Path(docs["path"]).is_file():
             errors.append(f"docs.path {docs['path']} does not exist")
-    model = config.get("tokenizer", {}).get("model")
+    tokenizer = config.get("tokenizer", {})
+    model = tokenizer.get("model")
     if model and not Path(model).is_file():
         errors.append(f"tokenizer.model {model} does not exist")
+    if config.get("shards", {}).get("source") == "hf" and not (model or tokenizer.get("hf_repo")):
+        errors.append("shards.source is hf but the tokenizer would be trained here: published shards hold the "
+                      "published tokenizer's ids; set tokenizer.hf_repo (or tokenizer.model to that .model file)")
     return errors
 
 
-def check_gpus(gpu_count, gpu_type: Optional[str]) -> Tuple[int, Optional[str]]:
-    """Validate a GPU request; returns (count, RunPod gpuTypeId or None for CPU)."""
-    try:
-        n = check_gpu_count(gpu_count)
-        return n, (canonical_gpu_type(gpu_type) if n and gpu_type else None)
-    except PodSpecError as e:
-        raise PreflightError(str(e)) from None
+def check_local_gpus(train_cfg: Mapping, visible: list) -> None:
+    """A local CUDA run needs train.nproc of the GPU ids pgolf may hand out (`visible`, pgolf.gpus)."""
+    if train_cfg.get("device") != "cuda":
+        return
+    if train_cfg["nproc"] > len(visible):
+        raise PreflightError(f"train.nproc is {train_cfg['nproc']} but this machine lets the workflow use "
+                             f"{len(visible)} GPU(s) ({','.join(visible) or 'none'}); lower train.nproc "
+                             f"(raise train.grad_accum_steps to keep the batch) or run on a bigger machine")
 
 
-def check(config: Mapping, gpu_count=None, gpu_type: Optional[str] = None,
-          code_bytes: int = CODE_BYTES_ESTIMATE) -> dict:
+def check(config: Mapping, code_bytes: int = CODE_BYTES_ESTIMATE, where: str = "config") -> dict:
     """Run every check; raise PreflightError listing all problems, else return the estimate."""
     errors = _check_paths(config)
     estimate = None
     try:
         estimate = estimate_artifact_bytes(config["train"], config["quant"],
                                            config["tokenizer"]["vocab_size"], code_bytes)
-        log.warning("pre-flight estimate: %(params)d params -> %(model_bytes)d model bytes + "
-                    "%(code_bytes)d code bytes = %(total_bytes)d of %(limit_bytes)d "
-                    "(margin %(margin_bytes)d)", estimate)
-        print(f"pgolf pre-flight: {estimate['params']:,} parameters, estimated artifact "
+        print(f"pgolf pre-flight, {where}: {estimate['params']:,} parameters, estimated artifact "
               f"{estimate['total_bytes']:,} bytes of {LIMIT_BYTES:,} (margin {estimate['margin_bytes']:,})")
         if estimate["total_bytes"] > ERROR_ABOVE_FRACTION * LIMIT_BYTES:
             errors.append(f"estimated artifact of {estimate['total_bytes']:,} bytes exceeds the {LIMIT_BYTES:,}-byte "
@@ -132,23 +135,37 @@ def check(config: Mapping, gpu_count=None, gpu_type: Optional[str] = None,
         errors.append(f"config lacks a key the size estimate needs: {e}")
     except PreflightError as e:
         errors.append(str(e))
-    if gpu_count is not None:
-        try:
-            check_gpus(gpu_count, gpu_type)
-        except PreflightError as e:
-            errors.append(str(e))
     if errors:
-        raise PreflightError("pre-flight failed:\n  - " + "\n  - ".join(errors))
+        raise PreflightError(f"pre-flight failed for {where}:\n  - " + "\n  - ".join(errors))
     return estimate
 
 
-def executor_hook(config: Mapping, jobs: Iterable[Tuple[str, Mapping]]):
-    """Called by the RunPod executor with the workflow config and (rule, resources) of every job
-    that will run on a pod. Checks the base config and every ablation's overridden config is
-    the lead's business (pgolf.config); here the base config and each job's GPUs."""
-    check(config)
-    for rule, resources in jobs:
+def _refuse(failures: list) -> None:
+    if failures:
+        raise PreflightError("\n".join(failures) + "\nNo job was started; fix the config and run again.")
+
+
+def check_runs(ablations: Mapping[str, Mapping]) -> None:
+    """check() every ablation and grid cell ({name: resolved config}); one error naming every failing
+    cell, so nothing starts."""
+    failures = []
+    for name, cfg in ablations.items():
         try:
-            check_gpus(resources.get("gpu", 0) or 0, resources.get("gpu_model"))
+            check(cfg, where=f"ablation {name!r}")
         except PreflightError as e:
-            raise PreflightError(f"rule {rule}: {e}") from None
+            failures.append(str(e))
+    _refuse(failures)
+
+
+def check_local_gpu_runs(ablations: Mapping[str, Mapping], env=None) -> None:
+    """Every cell's GPU request against the GPUs pgolf may hand out on this machine (jobs run here)."""
+    if not any(cfg["train"].get("device") == "cuda" for cfg in ablations.values()):
+        return  # a CPU run: no need to look for GPUs
+    visible = gpus.available_ids(env)
+    failures = []
+    for name, cfg in ablations.items():
+        try:
+            check_local_gpus(cfg["train"], visible)
+        except PreflightError as e:
+            failures.append(f"pre-flight failed for ablation {name!r}:\n  - {e}")
+    _refuse(failures)

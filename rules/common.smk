@@ -100,6 +100,11 @@ def eval_gpus(stage):
     return lambda wildcards: _gpus(stage_config(stage, wildcards)["train"])
 
 
+def quant_gpus(wildcards):
+    """GPTQ runs on one GPU when training ran on CUDA; none on CPU."""
+    return min(1, _gpus(stage_config("quant", wildcards)["train"]))
+
+
 def seed_rows():
     """One row per (ablation, seed) naming every JSON the aggregate reads, plus the stage keys."""
     rows = []

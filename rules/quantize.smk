@@ -1,4 +1,5 @@
 # quantize (GPTQ with the train stage's Hessians) → compress (serialize + brotli) → artifact.json.
+from pgolf.artifact import packed_sources_sha256
 
 
 rule quantize:
@@ -10,10 +11,16 @@ rule quantize:
         summary=QUANT_JSON,
     params:
         cfg=stage_params("quant"),
+    resources:
+        gpu=quant_gpus,
     log:
         "results/logs/quant/{quant_key}_seed{seed}.log",
     script:
         "../workflow/scripts/quantize.py"
+
+
+# code_bytes count the packed pgolf sources: a change to them re-runs compress (Snakemake's params trigger).
+PACKED_SOURCES_SHA256 = packed_sources_sha256()
 
 
 rule compress:
@@ -25,6 +32,7 @@ rule compress:
         summary=ARTIFACT_JSON,
     params:
         cfg=stage_params("compress"),
+        packed_sources_sha256=PACKED_SOURCES_SHA256,
     log:
         "results/logs/compress/{compress_key}_seed{seed}.log",
     script:

@@ -15,7 +15,6 @@ Design (after the vast.ai executor, bards-ai/snakemake-executor-plugin-vastai, s
 """
 
 import atexit
-import importlib
 import importlib.metadata
 import os
 import signal
@@ -113,11 +112,6 @@ class ExecutorSettings(ExecutorSettingsBase):
         default=600,
         metadata={"help": "Seconds past the job's runtime resource before its pod is terminated."},
     )
-    preflight: Optional[str] = field(
-        default=None,
-        metadata={"help": "module:function called as fn(config, jobs) before any pod is rented; "
-                  "raise to stop the run (pgolf: pgolf.preflight:executor_hook)."},
-    )
 
 
 common_settings = CommonSettings(
@@ -160,10 +154,6 @@ class Executor(RemoteExecutor):
                 pod_spec(job.resources, self.settings.gpu_type, self.settings.container_disk_gb)
             except PodSpecError as e:
                 raise WorkflowError(f"RunPod pre-flight, rule {job.name}: {e}") from None
-        if self.settings.preflight:
-            module, _, func = self.settings.preflight.partition(":")
-            hook = getattr(importlib.import_module(module), func)
-            hook(dict(self.workflow.config), [(j.name, dict(j.resources)) for j in jobs])
 
     # ---------------------------------------------------------------- submission
     def _forwarded_env(self) -> dict:

@@ -164,3 +164,21 @@ def test_config_errors_covers_every_section():
     errors = config_errors(cfg)
     named = [e.split()[0].split("=")[0] for e in errors]
     assert named == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens", "eval.stride"]
+
+
+def test_two_gpu_smoke_overlay_is_the_record_on_real_text_one_gpu_per_seed(shared_data):
+    from snakemake.utils import update_config
+
+    from pgolf.preflight import check_runs
+
+    cfg = yaml.safe_load((ROOT / "config" / "challenge.yaml").read_text())
+    update_config(cfg, yaml.safe_load((ROOT / "config" / "two_gpu_smoke.yaml").read_text()))
+    validate(cfg, str(SCHEMA_PATH))
+    # the overlay reads .ref/smoke/ copies of these shared files
+    cfg["docs"]["path"] = str(shared_data / Path(cfg["docs"]["path"]).name)
+    cfg["tokenizer"]["model"] = str(shared_data / Path(cfg["tokenizer"]["model"]).name)
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    assert list(table.ablations) == ["record"] and len(table.seeds) == 2
+    train = table.ablations["record"].cfg["train"]
+    assert train["nproc"] == 1 and train["device"] == "cuda" and train["max_wallclock_seconds"] <= 120
+    check_runs({name: a.cfg for name, a in table.ablations.items()})  # data present, artifact fits

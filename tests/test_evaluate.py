@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -124,6 +125,22 @@ def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tin
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-12)
     assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-12)
     assert not list(tmp_path.glob(".eval.*")), "scratch left behind"
+
+
+def test_eval_json_names_the_jobs_gpus(random_checkpoint, tiny_corpus, tmp_path, monkeypatch):
+    """The in-process rank gets the job's CUDA_VISIBLE_DEVICES, and eval.json names those devices."""
+    from pgolf.gpus import Placement
+    from pgolf.launch import run_eval
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored afterwards: run_eval sets it in this process
+    out = tmp_path / "eval.json"
+    run_eval("prequant", random_checkpoint, tiny_corpus.val_dir, tiny_corpus.tokenizer_model,
+             {"seq_len": 64, "stride": 16, "batch_seqs": 7}, "cpu", out, tmp_path / "eval.log", nproc=1, threads=1,
+             placement=Placement(["3"], "pgolf"))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    placement = json.loads(out.read_text())["placement"]
+    assert placement["placed_by"] == "pgolf" and placement["cuda_visible_devices"] == "3"
+    assert [gpu["id"] for gpu in placement["gpus"]] == ["3"]
 
 
 def test_failed_torchrun_eval_leaves_no_output(random_checkpoint, tiny_corpus, tmp_path):

@@ -18,11 +18,20 @@ def test_expected_run_has_no_flags():
     ({"step_ms": 52.1}, {}, "slow_steps: step_ms 52.10 > 45.00"),
     ({"steps": 9000}, {}, "few_steps: 9000 < 13000"),
     ({"world_size": 4}, {}, "world_size: 4 != 8"),
-    ({"train_seconds": 640.0}, {}, "over_time: train_seconds 640.0 > 600"),
+    ({"train_seconds": 640.0}, {}, "over_time: train_budget_seconds 640.0 (loop 640.0 + hessians 0.0) > 600"),
     ({}, {"total_bytes": 16_000_001, "fits": False}, "over_size: 16000001 bytes > 16000000"),
 ])
 def test_each_deviation_is_flagged(train_update, artifact_update, flag):
     assert postflight.flags({**TRAIN, **train_update}, {**ARTIFACT, **artifact_update}, EXPECT) == [flag]
+
+
+def test_hessian_seconds_count_against_the_training_budget():
+    """A 590 s loop is inside 600 s, but 15 s of Hessian collection on top of it is not."""
+    seed = {**TRAIN, "train_seconds": 590.0, "hessian_seconds": 15.0, "train_budget_seconds": 605.0}
+    assert postflight.flags(seed, ARTIFACT, EXPECT) == [
+        "over_time: train_budget_seconds 605.0 (loop 590.0 + hessians 15.0) > 600"]
+    older = {**TRAIN, "train_seconds": 590.0, "hessian_seconds": 15.0}  # a train.json without the sum
+    assert postflight.flags(older, ARTIFACT, EXPECT) == postflight.flags(seed, ARTIFACT, EXPECT)
 
 
 def test_flags_from_files(tmp_path):

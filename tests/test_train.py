@@ -18,7 +18,7 @@ TINY = dict(section_defaults("train"), nproc=1, device="cpu", num_layers=1, mode
             max_steps=20, max_wallclock_seconds=300.0, warmup_steps=2, warmdown_frac=0.3, matrix_lr=0.04,
             scalar_lr=0.02, embed_lr=0.05, muon_momentum=0.95, weight_decay=0.0, ema_decay=0.9, hessian_batches=2, log_every=5)
 SUMMARY_KEYS = {"steps", "train_seconds", "step_ms", "tokens_per_second", "peak_memory_bytes", "world_size",
-                "device", "final_train_loss", "hessian_seconds", "stopped_by"}
+                "device", "final_train_loss", "hessian_seconds", "stopped_by", "train_budget_seconds"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,6 +43,7 @@ def test_training_writes_every_file_and_loss_decreases(tiny_run, tiny_corpus):
     assert SUMMARY_KEYS <= set(saved) and saved == json.loads(json.dumps(summary))
     assert saved["steps"] == 20 and saved["stopped_by"] == "max_steps" and saved["world_size"] == 1
     assert saved["device"] == "cpu" and saved["peak_memory_bytes"] > 0 and saved["tokens_per_second"] > 0
+    assert saved["train_budget_seconds"] == saved["train_seconds"] + saved["hessian_seconds"] > saved["train_seconds"]
 
     log_text = (out / "train.log").read_text()
     assert log_text.startswith("# hyperparameters\n") and "\nmatrix_lr: 0.04\n" in log_text
@@ -154,6 +155,7 @@ def test_torchrun_two_ranks_on_gloo_match_one_rank(tiny_corpus, tiny_run, tmp_pa
     run_train(TINY, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1, outputs, log_path, nproc=2, threads=2)
     summary = json.loads(outputs["train.json"].read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert summary["placement"] == {"placed_by": "none", "cuda_visible_devices": "", "gpus": []}  # a CPU job
     assert "world_size: 2" in outputs["train.log"].read_text()
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(TRAIN_FILES)  # no scratch left
 

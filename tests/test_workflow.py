@@ -61,7 +61,7 @@ def write_config(workdir: Path, cfg: dict, name: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("wf")
-    for item in ("Snakefile", "rules", "workflow", "config", "docs"):
+    for item in ("Snakefile", "rules", "workflow", "config", "docs", "pgolf"):  # pgolf: the copy Snakemake imports
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / item)
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -108,6 +108,24 @@ def test_eval_change_reruns_only_eval_and_aggregate(run):
     counts = job_counts(snakemake(workdir, "-n", "--configfile", changed))
     seeds = len(cfg["seeds"])
     assert counts == {"eval": 3 * seeds, "eval_prequant": 2 * seeds, "aggregate": 1}
+
+
+def test_packed_code_change_reruns_only_compress_and_what_reads_it(run):
+    """code_bytes describe the code that is packed: a code change in a packed module re-runs compress;
+    a comment (not packed) changes nothing."""
+    workdir, _, configfile = run
+    module = workdir / "pgolf" / "gptq.py"
+    original = module.read_text()
+    artifacts = list((workdir / "results" / "artifact").glob("*/seed*/artifact.json"))
+    try:
+        module.write_text(original + "\n\ndef packed_helper():\n    return 1\n")
+        counts = job_counts(snakemake(workdir, "-n", "--configfile", configfile))
+        assert counts["compress"] == len(artifacts) > 0
+        assert not {"train", "quantize", "eval_prequant"} & set(counts)
+        module.write_text(original + "\n# a comment is not packed\n")
+        assert job_counts(snakemake(workdir, "-n", "--configfile", configfile)) == {}
+    finally:
+        module.write_text(original)
 
 
 def test_train_jobs_never_read_validation_shards(run):
