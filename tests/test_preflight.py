@@ -2,9 +2,6 @@
 its first API call."""
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,27 +82,3 @@ def test_check_rejects_oversized_model_missing_files_and_bad_gpus(tmp_path):
         preflight.check(BASE, gpu_count=8, gpu_type="H1000")
     with pytest.raises(preflight.PreflightError, match="num_kv_heads"):
         preflight.estimate_param_count({**BASELINE_TRAIN, "num_kv_heads": 3}, 1024)
-
-
-def test_failed_preflight_rents_nothing(tmp_path):
-    """The executor runs the pre-flight hook before its first API call: an oversized model in
-    the workflow config stops the run and the fake RunPod API sees no request at all."""
-    from fake_runpod import FakeRunPod
-
-    cfg = copy.deepcopy(BASE)
-    cfg["train"].update(num_layers=40, model_dim=1024, num_heads=8, num_kv_heads=8)
-    wd = tmp_path / "wf"
-    wd.mkdir()
-    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (wd / "Snakefile").write_text('configfile: "config.yaml"\n\nrule train:\n    output: "m.txt"\n'
-                                  '    resources: gpu=8\n    shell: "touch {output}"\n')
-    with FakeRunPod(tmp_path / "pods") as fake:
-        env = dict(os.environ, RUNPOD_API_BASE_URL=fake.url, RUNPOD_API_KEY="rpa_x_0123456789",
-                   PYTHONPATH=str(REPO), HOME=str(tmp_path))
-        run = subprocess.run([sys.executable, "-m", "snakemake", "--executor", "runpod", "--jobs", "1",
-                              "--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path / "s"),
-                              "--runpod-preflight", "pgolf.preflight:executor_hook"],
-                             cwd=wd, env=env, capture_output=True, text=True, timeout=120)
-        assert run.returncode != 0
-        assert "pre-flight failed" in run.stdout + run.stderr
-        assert fake.requests == []

@@ -9,13 +9,13 @@ Design (after the vast.ai executor, bards-ai/snakemake-executor-plugin-vastai, s
   a pod that exits, stops or disappears (preempted, terminated) without them means failure, and
   Snakemake's --retries resubmit it on a fresh pod. A pod past its runtime budget fails too.
 - Every pod is terminated when its job ends, on cancel (Ctrl-C), at exit and on SIGTERM/SIGHUP.
-  Only pods this run created, or whose name carries this run's tag pgolf-<run_id>-, are touched.
+  Only pods this run created, or whose name carries this run's tag <pod_name_prefix>-<run_id>-,
+  are touched.
 - Each job leaves <report_dir>/<run_id>-<jobid>.json: pod id, GPU type and count, wall seconds,
   GPU-hours and cost, for aggregate to sum.
 """
 
 import atexit
-import importlib
 import importlib.metadata
 import os
 import signal
@@ -113,10 +113,9 @@ class ExecutorSettings(ExecutorSettingsBase):
         default=600,
         metadata={"help": "Seconds past the job's runtime resource before its pod is terminated."},
     )
-    preflight: Optional[str] = field(
-        default=None,
-        metadata={"help": "module:function called as fn(config, jobs) before any pod is rented; "
-                  "raise to stop the run (pgolf: pgolf.preflight:executor_hook)."},
+    pod_name_prefix: str = field(
+        default="snakemake",
+        metadata={"help": "Pods are named <prefix>-<run id>-<job id>; cleanup matches this run's names."},
     )
 
 
@@ -148,22 +147,19 @@ class Executor(RemoteExecutor):
         self._run_preflight()
         self.api = RunPodApi(resolve_api_key(self.settings.api_key), self.redactor)
         self.redactor.add(*self._forwarded_env().values())
-        self.logger.info(f"RunPod executor: run id {self.run_id}, pods named {name_prefix(self.run_id)}<jobid>")
+        self.logger.info(f"RunPod executor: run id {self.run_id}, pods named {name_prefix(self.settings.pod_name_prefix, self.run_id)}<jobid>")
         atexit.register(self._emergency_cleanup)
         self._install_signal_cleanup()
 
     # ---------------------------------------------------------------- pre-flight
     def _run_preflight(self):
-        jobs = [j for j in self.workflow.dag.needrun_jobs() if not j.is_local]
-        for job in jobs:
+        for job in self.workflow.dag.needrun_jobs():
+            if job.is_local:
+                continue
             try:
                 pod_spec(job.resources, self.settings.gpu_type, self.settings.container_disk_gb)
             except PodSpecError as e:
                 raise WorkflowError(f"RunPod pre-flight, rule {job.name}: {e}") from None
-        if self.settings.preflight:
-            module, _, func = self.settings.preflight.partition(":")
-            hook = getattr(importlib.import_module(module), func)
-            hook(dict(self.workflow.config), [(j.name, dict(j.resources)) for j in jobs])
 
     # ---------------------------------------------------------------- submission
     def _forwarded_env(self) -> dict:
@@ -185,7 +181,7 @@ class Executor(RemoteExecutor):
         )
         env = pod_env(spec.gpu_count, self._forwarded_env())
         env[JOB_SCRIPT_ENV] = encode_script(script)
-        name = pod_name(self.run_id, job.jobid)
+        name = pod_name(self.settings.pod_name_prefix, self.run_id, job.jobid)
         kwargs = dict(
             name=name,
             image_name=self.settings.image,
@@ -336,7 +332,7 @@ class Executor(RemoteExecutor):
             self._terminate(pod_id)
         if not self._create_attempted:
             return
-        prefix = name_prefix(self.run_id)
+        prefix = name_prefix(self.settings.pod_name_prefix, self.run_id)
         try:
             pods = self.api.list_pods()
         except WorkflowError as e:

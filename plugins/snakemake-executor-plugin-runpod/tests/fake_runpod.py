@@ -74,7 +74,8 @@ class FakeRunPod:
             PATH=f"{fakebin}:{Path(sys.executable).parent}:/usr/bin:/bin",
             HOME=str(workdir),
             RUNPOD_POD_ID=pod_id,
-            PGOLF_POD_WORKDIR=str(workdir),
+            SNAKEMAKE_RUNPOD_WORKDIR=str(workdir),
+            RUNPOD_GPU_COUNT=re.search(r"gpuCount: (\d+)", query).group(1),
         )
         if self.fail_pods:
             command = "exit 1"

@@ -1,6 +1,6 @@
 """What a RunPod pod for one Snakemake job looks like: GPU type and count, disk, environment,
 the start command and the per-job cost report. Pure functions, no API calls, so pre-flight
-checks (pgolf.preflight) and the tests can use them without a RunPod account."""
+checks and the tests can use them without a RunPod account."""
 
 import base64
 import json
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-# RunPod's gpuTypeId strings for the GPUs a Parameter Golf competitor rents, with short aliases.
-# The challenge hardware is "8xH100 SXM", which RunPod calls "NVIDIA H100 80GB HBM3".
+# RunPod's gpuTypeId strings for common training GPUs, with short aliases.
+# "H100 SXM" is what RunPod calls "NVIDIA H100 80GB HBM3".
 GPU_TYPES = {
     "NVIDIA H100 80GB HBM3": ("h100", "h100-sxm", "h100_sxm", "h100 sxm"),
     "NVIDIA H100 PCIe": ("h100-pcie", "h100_pcie", "h100 pcie"),
@@ -36,16 +36,16 @@ _ALIASES.update({gpu_id.lower(): gpu_id for gpu_id in GPU_TYPES})
 VALID_GPU_COUNTS = (1, 2, 4, 8)
 
 # The pod prints this line last; kept in the pod log for a human reading the RunPod console.
-EXIT_CODE_MARKER = "pgolf_runpod_exit_code="
+EXIT_CODE_MARKER = "runpod_executor_exit_code="
 
 # The job script travels base64-encoded in an environment variable: the SDK pastes env values
 # and dockerArgs into a GraphQL string, where raw quotes and newlines would break the query.
-JOB_SCRIPT_ENV = "PGOLF_RUNPOD_JOB_B64"
+JOB_SCRIPT_ENV = "SNAKEMAKE_RUNPOD_JOB_B64"
 
 # Where the job runs inside the container. The variable exists so that a fake pod (tests) can
 # give each pod its own folder; on RunPod it is unset and the container disk is used.
-WORKDIR_ENV = "PGOLF_POD_WORKDIR"
-DEFAULT_POD_WORKDIR = "/pgolf-job"
+WORKDIR_ENV = "SNAKEMAKE_RUNPOD_WORKDIR"
+DEFAULT_POD_WORKDIR = "/snakemake-job"
 
 
 class PodSpecError(ValueError):
@@ -100,7 +100,6 @@ def pod_env(gpu_count: int, extra: Mapping[str, str]) -> dict:
         "NCCL_DEBUG": "WARN",
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "TORCH_NCCL_BLOCKING_WAIT": "0",
-        "PGOLF_GPUS": str(gpu_count),
         "PYTHONUNBUFFERED": "1",
     }
     if gpu_count > 1:
@@ -109,13 +108,13 @@ def pod_env(gpu_count: int, extra: Mapping[str, str]) -> dict:
     return env
 
 
-def pod_name(run_id: str, jobid) -> str:
+def pod_name(prefix: str, run_id: str, jobid) -> str:
     """The name tag that marks a pod as this workflow run's; cleanup matches on its prefix."""
-    return f"{name_prefix(run_id)}{jobid}"
+    return f"{name_prefix(prefix, run_id)}{jobid}"
 
 
-def name_prefix(run_id: str) -> str:
-    return f"pgolf-{run_id}-"
+def name_prefix(prefix: str, run_id: str) -> str:
+    return f"{prefix}-{run_id}-"
 
 
 def job_script(exec_job: str, job_label: str, snakemake_version: str, setup_command: Optional[str]) -> str:
@@ -128,14 +127,14 @@ def job_script(exec_job: str, job_label: str, snakemake_version: str, setup_comm
         "set -u\n"
         f'WORKDIR="${{{WORKDIR_ENV}:-{DEFAULT_POD_WORKDIR}}}"\n'
         'mkdir -p "$WORKDIR" && cd "$WORKDIR" || exit 1\n'
-        "if [ -e .pgolf-job-done ]; then exec sleep infinity; fi\n"
-        f"echo '[pgolf-runpod] {job_label} on pod '\"${{RUNPOD_POD_ID:-?}}\"\n"
+        "if [ -e .job-done ]; then exec sleep infinity; fi\n"
+        f"echo '[runpod-executor] {job_label} on pod '\"${{RUNPOD_POD_ID:-?}}\"\n"
         "python -c 'import snakemake' 2>/dev/null || "
         f"python -m pip install --quiet 'snakemake=={snakemake_version}'\n"
         f"{setup}"
         f"{exec_job}\n"
         "ec=$?\n"
-        "touch .pgolf-job-done\n"
+        "touch .job-done\n"
         f'echo "{EXIT_CODE_MARKER}$ec"\n'
         'if [ -n "${RUNPOD_POD_ID:-}" ] && command -v runpodctl >/dev/null 2>&1; then\n'
         '  runpodctl stop pod "$RUNPOD_POD_ID"\n'
@@ -150,7 +149,7 @@ def docker_args() -> str:
     workdir = f"${{{WORKDIR_ENV}:-{DEFAULT_POD_WORKDIR}}}"
     return (
         f"bash -c 'mkdir -p {workdir} && cd {workdir} && "
-        f"echo ${JOB_SCRIPT_ENV} | base64 -d > pgolf-job.sh && exec bash pgolf-job.sh'"
+        f"echo ${JOB_SCRIPT_ENV} | base64 -d > job.sh && exec bash job.sh'"
     )
 
 

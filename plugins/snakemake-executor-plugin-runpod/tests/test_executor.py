@@ -1,6 +1,6 @@
 """The RunPod executor, end to end against a fake RunPod GraphQL API on 127.0.0.1.
 
-A tiny standalone workflow (not the pgolf DAG): a local `prep` rule and a GPU `train` rule that
+A tiny standalone workflow: a local `prep` rule and a GPU `train` rule that
 runs on a (fake) 8xH100 pod, files moving through an fs default storage as they would through S3."""
 
 import json
@@ -18,7 +18,7 @@ from fake_runpod import FakeRunPod
 from snakemake_executor_plugin_runpod import api as rp_api
 from snakemake_executor_plugin_runpod import pods
 
-REPO = Path(__file__).resolve().parents[1]
+PLUGIN = Path(__file__).resolve().parents[1]
 API_KEY = "rpa_TESTKEY_0123456789abcdef"
 S3_SECRET = "s3secret_ABCDEFGH987654321"
 
@@ -37,9 +37,9 @@ rule train:
     output: "out/model.txt"
     resources: gpu=8, gpu_model="h100-sxm", runtime=10
     shell:
-        "sleep $PGOLF_TEST_SLEEP_S; "
+        "sleep $RUNPOD_TEST_SLEEP_S; "
         "awk '{{s += $1}} END {{print s}}' {input} > {output}; "
-        "echo $PGOLF_GPUS $NCCL_P2P_LEVEL >> {output}"
+        "echo $RUNPOD_GPU_COUNT $NCCL_P2P_LEVEL >> {output}"
 """
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="the fs storage plugin needs rsync")
@@ -58,9 +58,9 @@ def _env(fake_url: str, tmp_path: Path, sleep_s: int = 0) -> dict:
         RUNPOD_API_BASE_URL=fake_url,
         RUNPOD_API_KEY=API_KEY,
         AWS_SECRET_ACCESS_KEY=S3_SECRET,      # a forwarded storage credential: must not leak either
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(PLUGIN),
         HOME=str(tmp_path),                   # no ~/.runpod of the person running the tests
-        PGOLF_TEST_SLEEP_S=str(sleep_s),
+        RUNPOD_TEST_SLEEP_S=str(sleep_s),
     )
 
 
@@ -68,7 +68,7 @@ def _snakemake_args(storage: Path) -> list:
     return [sys.executable, "-m", "snakemake", "--executor", "runpod", "--jobs", "2",
             "--default-storage-provider", "fs", "--default-storage-prefix", str(storage),
             "--seconds-between-status-checks", "1", "--runpod-usd-per-gpu-hour", "3.0",
-            "--envvars", "PGOLF_TEST_SLEEP_S"]
+            "--envvars", "RUNPOD_TEST_SLEEP_S"]
 
 
 def _assert_no_secret(*texts):
@@ -86,7 +86,7 @@ def test_job_on_fake_pod_matches_local_run(tmp_path):
     local = tmp_path / "local"
     local.mkdir()
     (local / "Snakefile").write_text(SNAKEFILE)
-    env_local = dict(os.environ, PGOLF_TEST_SLEEP_S="0", PGOLF_GPUS="8", NCCL_P2P_LEVEL="NVL")
+    env_local = dict(os.environ, RUNPOD_TEST_SLEEP_S="0", RUNPOD_GPU_COUNT="8", NCCL_P2P_LEVEL="NVL")
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--quiet"], cwd=local, env=env_local,
                    check=True, capture_output=True)
 
@@ -147,8 +147,8 @@ def sigint_caught():
 def test_ctrl_c_terminates_this_runs_pods_only(tmp_path, sigint_caught):
     wd, storage = _workflow(tmp_path), tmp_path / "storage"
     with FakeRunPod(tmp_path / "pods") as fake:
-        # A pod of an earlier pgolf run must survive too: cleanup matches this run's tag only.
-        fake.pods["old-run-pod"] = {"id": "old-run-pod", "name": "pgolf-0ldrun00-7", "desiredStatus": "RUNNING"}
+        # A pod of an earlier run must survive too: cleanup matches this run's tag only.
+        fake.pods["old-run-pod"] = {"id": "old-run-pod", "name": "snakemake-0ldrun00-7", "desiredStatus": "RUNNING"}
         proc = subprocess.Popen(_snakemake_args(storage), cwd=wd, env=_env(fake.url, tmp_path, sleep_s=60),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
