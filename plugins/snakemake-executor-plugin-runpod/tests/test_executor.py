@@ -44,13 +44,19 @@ rule train:
         "printf %s \\"$AWS_SECRET_ACCESS_KEY\\" | sha256sum | cut -c1-16 >> {output}"
 """
 
-# train -> evaluate, grouped into one pod by --groups.
-GROUP_SNAKEFILE = SNAKEFILE.replace('input: "out/model.txt"', 'input: "out/score.txt"') + """
-rule evaluate:
+# train -> pack (a local rule, as pgolf's compress) -> evaluate, grouped into one pod by --groups.
+GROUP_SNAKEFILE = SNAKEFILE.replace('input: "out/model.txt"', 'input: "out/score.txt"').replace(
+    "localrules: all, prep", "localrules: all, prep, pack") + """
+rule pack:
     input: "out/model.txt"
+    output: "out/packed.txt"
+    shell: "head -1 {input} > {output}; echo $RUNPOD_POD_ID >> {output}"
+
+rule evaluate:
+    input: "out/packed.txt"
     output: "out/score.txt"
     resources: gpu=8, gpu_model="h100-sxm", runtime=1
-    shell: "head -1 {input} > {output}; echo $RUNPOD_POD_ID >> {output}"
+    shell: "cat {input} > {output}; echo $RUNPOD_POD_ID >> {output}"
 """
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None, reason="the fs storage plugin needs rsync")
@@ -235,17 +241,17 @@ def test_lost_create_answer_leaves_no_pod_running(tmp_path):
 
 
 @needs_rsync
-def test_group_job_runs_train_and_evaluate_in_one_pod(tmp_path):
+def test_group_job_runs_train_to_evaluate_in_one_pod(tmp_path):
     wd, storage = _workflow(tmp_path, GROUP_SNAKEFILE), tmp_path / "storage"
     with FakeRunPod(tmp_path / "pods", secrets=SECRETS) as fake:
-        run = _run(fake, wd, storage, tmp_path, "--groups", "train=gpu", "evaluate=gpu")
+        run = _run(fake, wd, storage, tmp_path, "--groups", "train=gpu", "pack=gpu", "evaluate=gpu")
         assert run.returncode == 0, run.stderr[-3000:]
         assert len(_deploys(fake)) == 1
         (pod_id,) = fake.terminated
-    assert (storage / "out/score.txt").read_text().split() == ["15", pod_id]
+    assert (storage / "out/score.txt").read_text().split() == ["15", pod_id, pod_id]   # all on the pod
     report = _report(wd)
     assert len(str(report["jobid"])) == 36                      # a group job's id is a UUID
-    assert sorted(j["rule"] for j in report["jobs"]) == ["evaluate", "train"]
+    assert sorted(j["rule"] for j in report["jobs"]) == ["evaluate", "pack", "train"]
     assert report["outputs"] == ["out/score.txt"] and report["outcome"] == "success"
 
 
