@@ -166,8 +166,14 @@ def test_stale_outputs_are_replaced_by_a_real_run(tmp_path):
     (storage / "out").mkdir(parents=True)
     (storage / "out/model.txt").write_text("stale\n")
     with FakeRunPod(tmp_path / "pods", secrets=SECRETS) as fake:
-        run = _run(fake, wd, storage, tmp_path, "--forcerun", "train", sleep_s=3)
-        assert run.returncode == 0, run.stderr[-3000:]
+        proc = subprocess.Popen(_snakemake_args(storage, "--forcerun", "train"), cwd=wd, text=True,
+                                env=_env(fake.url, tmp_path, sleep_s=5), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not _deploys(fake) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _deploys(fake) and not (storage / "out/model.txt").exists()   # gone before the pod runs
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
         assert (storage / "out/model.txt").read_text().split()[:2] == ["15", "8"]
 
         (storage / "out/model.txt").write_text("stale\n")
