@@ -1,8 +1,10 @@
 # pgolf: docs → tokenizer → shards → train → quantize → compress → eval → aggregate.
 # The embedded default (config/config.yaml) runs everything on a laptop CPU in minutes:
 #     snakemake --cores 2 results/ablation_summary.tsv
+import os
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from pgolf.config import RunTable, load_schema
@@ -20,6 +22,17 @@ if not workflow.overwrite_configfiles:
 
 # Fills schema defaults and stops before any job with a message naming the bad key.
 validate(config, "config/schema.yaml")
+
+# S3 storage: the DAG asks the bucket what exists (a dry run too) and pods have no ~/.aws, so the
+# keys must be in the environment; say so in one message instead of a traceback per file.
+if workflow.storage_settings.default_storage_provider == "s3":
+    missing = [v for v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not os.environ.get(v)]
+    if missing:
+        raise WorkflowError(
+            f"S3 storage needs {' and '.join(missing)} in the environment (a RunPod network volume: "
+            "its S3 API keys, with AWS_ENDPOINT_URL=https://s3api-<data centre id>.runpod.io). "
+            "To plan without a bucket: add --default-storage-provider fs --default-storage-prefix /tmp/pgolf-store."
+        )
 RUNS = RunTable(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 
 # Pre-flight of every ablation and grid cell, once, in the process that plans the jobs (not again

@@ -18,6 +18,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null && ! command -v nvidia-smi >
     fi
     rm -rf "$wheels"
 fi
-# compat: a plain .pth entry, so Snakemake's plugin discovery (pkgutil) sees the RunPod executor
+# The RunPod executor is its own distribution in plugins/ (not on PyPI), so it goes in first and
+# pgolf's extras that name it find it installed. compat: a plain .pth entry, so Snakemake's plugin
+# discovery (pkgutil) sees it.
+"${pip[@]}" install --quiet -e './plugins/snakemake-executor-plugin-runpod' --config-settings editable_mode=compat
 "${pip[@]}" install --quiet -e '.[test]' --config-settings editable_mode=compat
 echo "pgolf: set up in .venv; run the embedded default with .venv/bin/snakemake --cores 2 results/ablation_summary.tsv"

@@ -79,15 +79,20 @@ def pod_usage(reports: list[dict], keys: dict[str, str], seeds: set[int]) -> tup
     as one trained model behind two quantization ablations, count toward each)."""
     gpu_hours = cost = 0.0
     for report in reports:
-        wildcards = report.get("wildcards") or {}
-        stage_keys = {WILDCARD_STAGES[w]: v for w, v in wildcards.items() if w in WILDCARD_STAGES}
-        if not stage_keys or any(keys.get(stage) != value for stage, value in stage_keys.items()):
-            continue
-        if "seed" in wildcards and int(wildcards["seed"]) not in seeds:
-            continue
-        gpu_hours += float(report.get("gpu_hours", 0.0))
-        cost += float(report.get("cost_usd", 0.0))
+        # A group job (one pod for a seed's train -> eval) lists its jobs; a single job is one.
+        jobs = report.get("jobs") or [report]
+        if any(_serves(job.get("wildcards") or {}, keys, seeds) for job in jobs):
+            gpu_hours += float(report.get("gpu_hours", 0.0))
+            cost += float(report.get("cost_usd", 0.0))
     return gpu_hours, cost
+
+
+def _serves(wildcards: dict, keys: dict[str, str], seeds: set[int]) -> bool:
+    """The job with these wildcards made one of the ablation's files (its stage keys and seed)."""
+    stage_keys = {WILDCARD_STAGES[w]: v for w, v in wildcards.items() if w in WILDCARD_STAGES}
+    if not stage_keys or any(keys.get(stage) != value for stage, value in stage_keys.items()):
+        return False
+    return "seed" not in wildcards or int(wildcards["seed"]) in seeds
 
 
 def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float,

@@ -85,3 +85,18 @@ def test_pod_reports_replace_the_cost_estimate(tmp_path):
     summary = summary_of(tmp_path, rows, pods_dir=pods)
     assert summary.loc["baseline", "gpu_hours"] == 3.0 and summary.loc["baseline", "cost_usd"] == 7.5
     assert summary.loc["better", "gpu_hours"] == 4.0 and summary.loc["better", "cost_source"] == "pods"
+
+
+def test_group_pod_report_counts_once_for_the_ablations_it_served(tmp_path):
+    """A group job (one pod for a seed's train → eval) reports no wildcards of its own, only its jobs':
+    its cost counts once toward each ablation one of its jobs served, and not toward the others."""
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    jobs = [{"rule": "train", "wildcards": {"train_key": "a" * 10, "seed": "1"}},
+            {"rule": "eval", "wildcards": {"eval_key": "f" * 10, "seed": "1"}}]  # an eval key no row has
+    (pods / "run-5b1c.json").write_text(json.dumps(
+        {"rule": "gpu_seed", "wildcards": {}, "jobs": jobs, "gpu_hours": 2.0, "cost_usd": 5.0}))
+    summary = summary_of(tmp_path, rows, pods_dir=pods)
+    assert summary.loc["baseline", "gpu_hours"] == 2.0 and summary.loc["baseline", "cost_usd"] == 5.0
+    assert summary.loc["better", "gpu_hours"] == 0.0

@@ -161,6 +161,7 @@ def test_an_oversized_grid_cell_stops_a_local_run_before_any_job(tmp_path):
 
 def test_an_oversized_grid_cell_rents_nothing(tmp_path):
     """Under the RunPod executor the same pre-flight stops the run before the fake API sees any request."""
+    sys.path.insert(0, str(REPO / "plugins" / "snakemake-executor-plugin-runpod" / "tests"))
     from fake_runpod import FakeRunPod
 
     wd = workflow_copy(tmp_path)

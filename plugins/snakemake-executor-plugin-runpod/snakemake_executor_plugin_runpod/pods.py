@@ -1,8 +1,7 @@
 """What a RunPod pod for one Snakemake job looks like: GPU type and count, disk, environment,
 the start command and the per-job cost report. Pure functions, no API calls, so pre-flight
-checks (pgolf.preflight) and the tests can use them without a RunPod account."""
+checks and the tests can use them without a RunPod account."""
 
-import base64
 import json
 import math
 import os
@@ -11,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-# RunPod's gpuTypeId strings for the GPUs a Parameter Golf competitor rents, with short aliases.
-# The challenge hardware is "8xH100 SXM", which RunPod calls "NVIDIA H100 80GB HBM3".
+# RunPod's gpuTypeId strings for common training GPUs, with short aliases.
+# "H100 SXM" is what RunPod calls "NVIDIA H100 80GB HBM3".
 GPU_TYPES = {
     "NVIDIA H100 80GB HBM3": ("h100", "h100-sxm", "h100_sxm", "h100 sxm"),
     "NVIDIA H100 PCIe": ("h100-pcie", "h100_pcie", "h100 pcie"),
@@ -34,19 +33,6 @@ _ALIASES.update({gpu_id.lower(): gpu_id for gpu_id in GPU_TYPES})
 
 # RunPod rents 1, 2, 4 or 8 GPUs of one type on one pod; torchrun's world size follows.
 VALID_GPU_COUNTS = (1, 2, 4, 8)
-
-# The pod prints this line last; kept in the pod log for a human reading the RunPod console.
-EXIT_CODE_MARKER = "pgolf_runpod_exit_code="
-
-# The job script travels base64-encoded in an environment variable: the SDK pastes env values
-# and dockerArgs into a GraphQL string, where raw quotes and newlines would break the query.
-JOB_SCRIPT_ENV = "PGOLF_RUNPOD_JOB_B64"
-
-# Where the job runs inside the container. The variable exists so that a fake pod (tests) can
-# give each pod its own folder; on RunPod it is unset and the container disk is used.
-WORKDIR_ENV = "PGOLF_POD_WORKDIR"
-DEFAULT_POD_WORKDIR = "/pgolf-job"
-
 
 class PodSpecError(ValueError):
     """A job asks for a pod RunPod cannot give (unknown GPU type, bad count)."""
@@ -100,7 +86,6 @@ def pod_env(gpu_count: int, extra: Mapping[str, str]) -> dict:
         "NCCL_DEBUG": "WARN",
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
         "TORCH_NCCL_BLOCKING_WAIT": "0",
-        "PGOLF_GPUS": str(gpu_count),
         "PYTHONUNBUFFERED": "1",
     }
     if gpu_count > 1:
@@ -109,58 +94,13 @@ def pod_env(gpu_count: int, extra: Mapping[str, str]) -> dict:
     return env
 
 
-def pod_name(run_id: str, jobid) -> str:
+def pod_name(prefix: str, run_id: str, jobid) -> str:
     """The name tag that marks a pod as this workflow run's; cleanup matches on its prefix."""
-    return f"{name_prefix(run_id)}{jobid}"
+    return f"{name_prefix(prefix, run_id)}{jobid}"
 
 
-def name_prefix(run_id: str) -> str:
-    return f"pgolf-{run_id}-"
-
-
-def job_script(exec_job: str, job_label: str, snakemake_version: str, setup_command: Optional[str]) -> str:
-    """Shell script the pod runs: bootstrap snakemake, run the job through the default storage
-    (inputs in, outputs out), then stop its own pod so it bills no GPU time even if the workflow
-    host has gone away. A container restart after the job finds the sentinel and idles instead
-    of running the job twice; the executor terminates the pod."""
-    setup = f"{setup_command}\n" if setup_command else ""
-    return (
-        "set -u\n"
-        f'WORKDIR="${{{WORKDIR_ENV}:-{DEFAULT_POD_WORKDIR}}}"\n'
-        'mkdir -p "$WORKDIR" && cd "$WORKDIR" || exit 1\n'
-        "if [ -e .pgolf-job-done ]; then exec sleep infinity; fi\n"
-        f"echo '[pgolf-runpod] {job_label} on pod '\"${{RUNPOD_POD_ID:-?}}\"\n"
-        "python -c 'import snakemake' 2>/dev/null || "
-        f"python -m pip install --quiet 'snakemake=={snakemake_version}'\n"
-        f"{setup}"
-        f"{exec_job}\n"
-        "ec=$?\n"
-        "touch .pgolf-job-done\n"
-        f'echo "{EXIT_CODE_MARKER}$ec"\n'
-        'if [ -n "${RUNPOD_POD_ID:-}" ] && command -v runpodctl >/dev/null 2>&1; then\n'
-        '  runpodctl stop pod "$RUNPOD_POD_ID"\n'
-        "fi\n"
-        'exit "$ec"\n'
-    )
-
-
-def docker_args() -> str:
-    """Container start command: decode the job script from the environment and run it.
-    No double quotes: the SDK wraps this string in double quotes inside its GraphQL query."""
-    workdir = f"${{{WORKDIR_ENV}:-{DEFAULT_POD_WORKDIR}}}"
-    return (
-        f"bash -c 'mkdir -p {workdir} && cd {workdir} && "
-        f"echo ${JOB_SCRIPT_ENV} | base64 -d > pgolf-job.sh && exec bash pgolf-job.sh'"
-    )
-
-
-def encode_script(script: str) -> str:
-    return base64.b64encode(script.encode()).decode()
-
-
-def graphql_escape(value: str) -> str:
-    """Escape a value for the inside of a GraphQL string literal (same rules as JSON)."""
-    return json.dumps(str(value))[1:-1]
+def name_prefix(prefix: str, run_id: str) -> str:
+    return f"{prefix}-{run_id}-"
 
 
 def cost_report(*, run_id, job, outputs, pod_id, spec: PodSpec, wall_seconds: float,
@@ -176,9 +116,11 @@ def cost_report(*, run_id, job, outputs, pod_id, spec: PodSpec, wall_seconds: fl
         cost = 0.0
     return {
         "run_id": run_id,
-        "jobid": job.jobid,
+        "jobid": job.jobid if isinstance(job.jobid, int) else str(job.jobid),
         "rule": job.name,
-        "wildcards": dict(job.wildcards) if hasattr(job, "wildcards") and job.wildcards else {},
+        "wildcards": {} if job.is_group() else dict(job.wildcards or {}),
+        "jobs": [{"rule": j.name, "wildcards": dict(j.wildcards or {})}
+                 for j in (job.jobs if job.is_group() else [job])],
         "attempt": job.attempt,
         "outputs": list(outputs),
         "pod_id": pod_id,
@@ -192,17 +134,31 @@ def cost_report(*, run_id, job, outputs, pod_id, spec: PodSpec, wall_seconds: fl
     }
 
 
-def write_report(report_dir: Path, report: dict) -> Path:
-    """Write `<report_dir>/<run_id>-<jobid>.json` atomically (one JSON object on one line)."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    path = report_dir / f"{report['run_id']}-{report['jobid']}.json"
-    fd, tmp = tempfile.mkstemp(dir=report_dir, prefix=".tmp-")
+def report_path(report_dir: Path, run_id: str, key: str, suffix: str = ".json") -> Path:
+    return Path(report_dir) / f"{run_id}-{key}{suffix}"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a file whole or not at all (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(report, sort_keys=True) + "\n")
+        f.write(text)
     os.replace(tmp, path)
     return path
 
 
+def write_report(report_dir: Path, report: dict) -> Path:
+    """Write `<report_dir>/<run_id>-<jobid>.json` atomically (one JSON object on one line)."""
+    path = report_path(report_dir, report["run_id"], str(report["jobid"]))
+    return write_text_atomic(path, json.dumps(report, sort_keys=True) + "\n")
+
+
+def job_key(job) -> str:
+    """The job id as it appears in pod names, storage paths and report file names: an integer
+    for a single job, a UUID string for a group job."""
+    return str(job.jobid)
+
+
 def job_label(job) -> str:
-    # Rule names are identifiers and ids are integers: safe inside the script's single quotes.
-    return f"job {int(job.jobid)} rule {job.name} attempt {int(job.attempt)}"
+    return f"job {job_key(job)} ({'group ' if job.is_group() else 'rule '}{job.name}) attempt {int(job.attempt)}"
