@@ -10,7 +10,8 @@ from pgolf import ARTIFACT_LIMIT_BYTES
 from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS
 from pgolf.io import atomic_path, read_json
 from pgolf.postflight import flags as postflight_flags
-from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
+from pgolf.stats import (PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, min_detectable_improvement,
+                         p_less, pooled_std, seeds_needed)
 
 
 # Pod reports name the jobs' wildcards; this maps a wildcard back to its stage.
@@ -90,12 +91,28 @@ def pod_usage(reports: list[dict], keys: dict[str, str], seeds: set[int]) -> tup
     return gpu_hours, cost
 
 
+def noise_floor(groups: dict[str, pd.DataFrame], n_seeds: int) -> dict:
+    """Seed-to-seed noise pooled over every ablation, and the smallest improvement over the baseline each
+    rule could detect with `n_seeds` seeds per side at that noise (the same for every row)."""
+    std_bpb = pooled_std(g["val_bpb"] for g in groups.values())
+    std_nats = pooled_std(g["val_loss"] for g in groups.values())
+    return {
+        "noise_std_bpb": std_bpb,
+        "noise_std_nats": std_nats,
+        "min_improvement_bpb_practised": min_detectable_improvement(std_bpb, n_seeds, PRACTISED_ALPHA),
+        "min_improvement_nats_strict": min_detectable_improvement(std_nats, n_seeds, STRICT_ALPHA,
+                                                                  STRICT_MARGIN_NATS),
+    }
+
+
 def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float,
-              pod_reports: list[dict] | None = None) -> pd.DataFrame:
-    """Per-ablation statistics and tests against the baseline ablation and the external reference."""
+              pod_reports: list[dict] | None = None, n_seeds: int | None = None) -> pd.DataFrame:
+    """Per-ablation statistics and tests against the baseline ablation and the external reference.
+    `n_seeds`: the configured seeds per ablation, for the noise floor (default: the most any ablation has)."""
     if baseline not in set(seeds["ablation"]):
         raise ValueError(f"baseline ablation {baseline!r} has no results")
     groups = {name: group for name, group in seeds.groupby("ablation", sort=False)}
+    noise = noise_floor(groups, n_seeds or max(len(g) for g in groups.values()))
     base_bpb, base_loss = Sample.of(groups[baseline]["val_bpb"]), Sample.of(groups[baseline]["val_loss"])
     ref_bpb = ref_loss = None
     if reference:
@@ -146,6 +163,7 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
         row["significant_practised_vs_baseline"] = bool(row["p_welch_vs_baseline"] < PRACTISED_ALPHA)
         if ref_bpb is not None:
             row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
+        row.update(noise)
         row["flags"] = ";".join(_flags(row) + [flag for seed_flags in g["flags"] for flag in seed_flags])
         row.update({f"key_{stage}": key for stage, key in keys.items()})
         rows.append(row)
@@ -163,7 +181,8 @@ def _flags(row: dict) -> list[str]:
 def write_summary(rows: list[dict], baseline: str, reference: dict | None, usd_per_gpu_hour: float,
                   out_tsv, out_parquet, out_index, expect: dict | None = None, pods_dir=None) -> pd.DataFrame:
     seeds = load_seed_table(rows, expect)
-    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour, load_pod_reports(pods_dir))
+    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour, load_pod_reports(pods_dir),
+                        n_seeds=len({r["seed"] for r in rows}))
     index = pd.DataFrame.from_records(
         [{"ablation": r["ablation"], "seed": r["seed"], **{f"key_{s}": k for s, k in r["keys"].items()},
           "eval_json": r["eval"], "train_json": r["train"], "artifact_json": r["artifact"]} for r in rows])

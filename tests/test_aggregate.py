@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -85,3 +86,25 @@ def test_pod_reports_replace_the_cost_estimate(tmp_path):
     summary = summary_of(tmp_path, rows, pods_dir=pods)
     assert summary.loc["baseline", "gpu_hours"] == 3.0 and summary.loc["baseline", "cost_usd"] == 7.5
     assert summary.loc["better", "gpu_hours"] == 4.0 and summary.loc["better", "cost_source"] == "pods"
+
+
+def test_noise_floor_matches_a_hand_computation_with_scipy(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    summary = summary_of(tmp_path, rows)
+    # pooled variance: the two groups' squared deviations over their summed degrees of freedom (2 + 2)
+    squares = sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in BPB.values())
+    std_bpb = math.sqrt(squares / 4)
+    for column in ("noise_std_bpb", "noise_std_nats", "min_improvement_bpb_practised", "min_improvement_nats_strict"):
+        assert summary[column].nunique() == 1  # one noise floor for the whole table
+    row = summary.loc["better"]
+    assert row["noise_std_bpb"] == pytest.approx(std_bpb)
+    assert row["noise_std_nats"] == pytest.approx(std_bpb * LOSS_PER_BPB)
+    # at exactly the detectable improvement, scipy's one-sided Welch test sits on the rule's alpha (3 seeds a side)
+    d_bpb = row["min_improvement_bpb_practised"]
+    p = stats.ttest_ind_from_stats(1.0 - d_bpb, std_bpb, 3, 1.0, std_bpb, 3, equal_var=False, alternative="less").pvalue
+    assert p == pytest.approx(0.25)
+    d_nats, std_nats = row["min_improvement_nats_strict"], std_bpb * LOSS_PER_BPB
+    p = stats.ttest_ind_from_stats(2.0 - d_nats + 0.005, std_nats, 3, 2.0, std_nats, 3, equal_var=False,
+                                   alternative="less").pvalue
+    assert p == pytest.approx(0.01)
+    assert d_nats > 0.005 and d_bpb > 0
