@@ -10,6 +10,7 @@ from pgolf import ARTIFACT_LIMIT_BYTES
 from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS
 from pgolf.io import atomic_path, read_json
 from pgolf.postflight import flags as postflight_flags
+from pgolf.provenance import summary_columns as provenance_columns
 from pgolf.stats import (PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, min_detectable_improvement,
                          p_less, pooled_std, seeds_needed)
 
@@ -44,6 +45,7 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
             "world_size": train["world_size"],
             "device": train["device"],
             "gpu_hours": gpu_seconds / 3600.0,
+            "provenance": [train.get("provenance"), scored.get("provenance")],
             "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
@@ -164,6 +166,7 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
         if ref_bpb is not None:
             row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
         row.update(noise)
+        row.update(provenance_columns([record for records in g["provenance"] for record in records]))
         row["flags"] = ";".join(_flags(row) + [flag for seed_flags in g["flags"] for flag in seed_flags])
         row.update({f"key_{stage}": key for stage, key in keys.items()})
         rows.append(row)

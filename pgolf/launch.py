@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pgolf
 from pgolf import io
+from pgolf.provenance import stamp
 
 # pgolf.train writes these names into its --out-dir; the rule's outputs may be named anything.
 TRAIN_FILES = ("model.pt", "hessians.pt", "train.log", "train.json")
@@ -70,6 +71,7 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
         cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
         _run_logged(cmd, log_path, threads, nproc, "training")
+        stamp(out_dir / "train.json", REPO_ROOT)
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(out_dir / name, outputs[name])
@@ -78,15 +80,17 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
 def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, out_json, log_path, nproc: int,
              threads: int) -> None:
     """The eval stage with `nproc` ranks. One rank runs in this process (the CPU path: no start-up cost);
-    more run under torchrun, writing into a scratch file that becomes out_json only if every rank succeeded."""
-    if nproc <= 1:
-        from pgolf.evaluate import evaluate_files
-
-        evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, out_json)
-        return
+    more run under torchrun. Either writes a scratch file that becomes out_json only if every rank succeeded."""
     with _scratch(Path(out_json).parent, ".eval.", cfg) as scratch:
-        cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir", val_dir,
-                                                         "--tokenizer", tokenizer, "--config", scratch / "params.json",
-                                                         "--device", device, "--out", scratch / "eval.json"])
-        _run_logged(cmd, log_path, threads, nproc, "evaluation")
+        if nproc <= 1:
+            from pgolf.evaluate import evaluate_files
+
+            evaluate_files(mode, model_path, val_dir, tokenizer, cfg, device, scratch / "eval.json")
+        else:
+            cmd = torchrun_command(nproc, "pgolf.evaluate", ["--mode", mode, "--model", model_path, "--val-dir",
+                                                             val_dir, "--tokenizer", tokenizer, "--config",
+                                                             scratch / "params.json", "--device", device,
+                                                             "--out", scratch / "eval.json"])
+            _run_logged(cmd, log_path, threads, nproc, "evaluation")
+        stamp(scratch / "eval.json", REPO_ROOT)
         shutil.move(scratch / "eval.json", out_json)

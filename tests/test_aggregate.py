@@ -108,3 +108,17 @@ def test_noise_floor_matches_a_hand_computation_with_scipy(tmp_path):
                                    alternative="less").pvalue
     assert p == pytest.approx(0.01)
     assert d_nats > 0.005 and d_bpb > 0
+
+
+def test_provenance_of_every_seed_reaches_the_summary(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for i, row in enumerate(rows[:3]):  # the baseline's seeds, one from a dirty checkout on another pod
+        train = json.loads(open(row["train"]).read())
+        train["provenance"] = {"git_commit": "abc", "git_dirty": i == 2, "torch_version": "2.8.0",
+                               "host_id": f"runpod:pod{i % 2}", "gpu_model": "NVIDIA H100 80GB HBM3"}
+        open(row["train"], "w").write(json.dumps(train))
+    summary = summary_of(tmp_path, rows)
+    base = summary.loc["baseline"]
+    assert base["git_commit"] == "abc" and bool(base["git_dirty"]) is True
+    assert base["hosts"] == "runpod:pod0;runpod:pod1" and base["gpu_model"] == "NVIDIA H100 80GB HBM3"
+    assert pd.isna(summary.loc["better"]["git_commit"])  # no record: empty, not invented

@@ -124,6 +124,8 @@ def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tin
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-12)
     assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-12)
     assert not list(tmp_path.glob(".eval.*")), "scratch left behind"
+    for result in (one, two):  # the launcher adds the reproducibility record on either path
+        assert result["provenance"]["torch_version"] == torch.__version__
 
 
 def test_failed_torchrun_eval_leaves_no_output(random_checkpoint, tiny_corpus, tmp_path):

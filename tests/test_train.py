@@ -154,6 +154,7 @@ def test_torchrun_two_ranks_on_gloo_match_one_rank(tiny_corpus, tiny_run, tmp_pa
     run_train(TINY, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1, outputs, log_path, nproc=2, threads=2)
     summary = json.loads(outputs["train.json"].read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert summary["provenance"]["torch_version"] == torch.__version__ and summary["provenance"]["gpu_model"] is None
     assert "world_size: 2" in outputs["train.log"].read_text()
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(TRAIN_FILES)  # no scratch left
 
