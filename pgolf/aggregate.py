@@ -31,6 +31,7 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
         records.append({
             "ablation": row["ablation"],
             "seed": row["seed"],
+            "train_log": row.get("train_log"),
             "val_bpb": scored["val_bpb"],
             "val_loss": scored["val_loss"],
             "pre_quant_bpb": prequant["val_bpb"],

@@ -146,3 +146,18 @@ def test_corrupt_shard_fails_the_job_with_the_file_named_and_no_partial_output(r
         assert not list((workdir / "results/train" / train_key / f"seed{seed}").glob("*")), "partial outputs left"
     finally:
         shard.write_bytes(original)
+
+
+def test_report_carries_every_figure_with_its_caption_and_the_summary(run):
+    from pgolf.figures import FIGURES
+
+    workdir, _, configfile = run
+    for name in FIGURES:
+        assert (workdir / "results" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    snakemake(workdir, "--report", "report.html", "--configfile", configfile)
+    html = (workdir / "report.html").read_text()
+    for name in FIGURES:
+        assert f"{name}.png" in html
+        first_words = " ".join((ROOT / "docs" / "report" / f"{name}.rst").read_text().split()[:4])
+        assert first_words in html, f"caption of {name} missing"
+    assert "ablation_summary.tsv" in html
