@@ -47,7 +47,9 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
             "device": train["device"],
             "gpu_hours": gpu_seconds / 3600.0,
             "provenance": [train.get("provenance"), scored.get("provenance")],
-            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)],
+            "aborted": bool(train.get("aborted")),
+            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)
+                      + ([f"aborted ({train['abort_reason']})"] if train.get("aborted") else [])],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
     return pd.DataFrame.from_records(records)
@@ -112,8 +114,12 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
               pod_reports: list[dict] | None = None, n_seeds: int | None = None) -> pd.DataFrame:
     """Per-ablation statistics and tests against the baseline ablation and the external reference.
     `n_seeds`: the configured seeds per ablation, for the noise floor (default: the most any ablation has)."""
+    # Aborted seeds (train.json says why) are never ranked: they leave the statistics, their flags stay.
+    aborted = {name: g for name, g in seeds[seeds["aborted"]].groupby("ablation", sort=False)}
+    seeds = seeds[~seeds["aborted"]]
     if baseline not in set(seeds["ablation"]):
-        raise ValueError(f"baseline ablation {baseline!r} has no results")
+        raise ValueError(f"baseline ablation {baseline!r} has no results"
+                         + (" (every seed aborted: see its train.log)" if baseline in aborted else ""))
     groups = {name: group for name, group in seeds.groupby("ablation", sort=False)}
     noise = noise_floor(groups, n_seeds or max(len(g) for g in groups.values()))
     base_bpb, base_loss = Sample.of(groups[baseline]["val_bpb"]), Sample.of(groups[baseline]["val_loss"])
@@ -168,10 +174,22 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
         row.update(noise)
         row.update(provenance_columns([record for records in g["provenance"] for record in records]))
-        row["flags"] = ";".join(_flags(row) + [flag for seed_flags in g["flags"] for flag in seed_flags])
+        dropped = aborted.pop(name, g.iloc[:0])
+        row["n_aborted"] = len(dropped)
+        row["flags"] = ";".join(_flags(row) + [flag for seed_flags in pd.concat([g, dropped])["flags"]
+                                               for flag in seed_flags])
         row.update({f"key_{stage}": key for stage, key in keys.items()})
         rows.append(row)
+    rows += [aborted_row(name, g, noise) for name, g in aborted.items()]
     return pd.DataFrame.from_records(rows)
+
+
+def aborted_row(name: str, g: pd.DataFrame, noise: dict) -> dict:
+    """An ablation whose every seed aborted: no statistics, only why (flags) and its keys."""
+    return {"ablation": name, "n_seeds": 0, "n_aborted": len(g), "seeds": "", "fits_16mb": False,
+            "significant_strict_vs_baseline": False, "significant_practised_vs_baseline": False, **noise,
+            "flags": ";".join(["fewer_than_3_seeds"] + [flag for seed_flags in g["flags"] for flag in seed_flags]),
+            **{f"key_{stage}": g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS}}
 
 
 def _flags(row: dict) -> list[str]:

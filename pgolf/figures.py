@@ -47,15 +47,17 @@ def val_bpb_figure(summary: pd.DataFrame, seeds: pd.DataFrame, baseline: str, re
         if not math.isnan(low):
             ax.plot([low, high], [i, i], color="tab:blue", lw=2)
         ax.plot(row.val_bpb_mean, i, "o", color="tab:blue", ms=7)
-        dots = seeds.loc[seeds["ablation"] == row.ablation, "val_bpb"]
-        ax.plot(dots, [i + 0.2] * len(dots), ".", color="black", alpha=0.6, ms=5)
+        mine = seeds[seeds["ablation"] == row.ablation]
+        for aborted, marker in ((False, "."), (True, "x")):  # aborted seeds are shown, not counted
+            dots = mine.loc[mine["aborted"] == aborted, "val_bpb"]
+            ax.plot(dots, [i + 0.2] * len(dots), marker, color="black", alpha=0.6, ms=5)
     base_mean = float(summary.loc[summary["ablation"] == baseline, "val_bpb_mean"].iloc[0])
     ax.axvline(base_mean, color="tab:orange", ls="--", label=f"baseline ({baseline}) {base_mean:.4f}")
     if reference:
         ref = reference["val_bpb"]["mean"]
         ax.axvline(ref, color="tab:purple", ls=":", label=f"reference ({reference['name']}) {ref:.4f}")
     _ablation_axis(ax, names)
-    ax.set_xlabel("val_bpb after quantization (lower is better): mean, 95% t interval, seeds as dots")
+    ax.set_xlabel("val_bpb after quantization (lower is better): mean, 95% t interval, seeds as dots (x: aborted)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig

@@ -122,3 +122,32 @@ def test_provenance_of_every_seed_reaches_the_summary(tmp_path):
     assert base["git_commit"] == "abc" and bool(base["git_dirty"]) is True
     assert base["hosts"] == "runpod:pod0;runpod:pod1" and base["gpu_model"] == "NVIDIA H100 80GB HBM3"
     assert pd.isna(summary.loc["better"]["git_commit"])  # no record: empty, not invented
+
+
+def abort_seed(row, reason="step_ms_above: 150.0 ms per step > 130 at step 50"):
+    train = json.loads(open(row["train"]).read())
+    open(row["train"], "w").write(json.dumps(dict(train, aborted=True, abort_reason=reason)))
+
+
+def test_an_aborted_seed_is_flagged_and_left_out_while_the_other_seeds_count(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    abort_seed(rows[3])  # better, seed 0
+    summary = summary_of(tmp_path, rows)
+    better = summary.loc["better"]
+    assert better["n_seeds"] == 2 and better["n_aborted"] == 1 and better["seeds"] == "1,2"
+    assert better["val_bpb_mean"] == pytest.approx(sum(BPB["better"][1:]) / 2)
+    assert "seed 0: aborted (step_ms_above" in better["flags"]
+    assert summary.loc["baseline"]["n_seeds"] == 3 and summary.loc["baseline"]["n_aborted"] == 0
+
+
+def test_an_ablation_with_every_seed_aborted_keeps_a_row_without_statistics(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for row in rows[3:]:
+        abort_seed(row)
+    better = summary_of(tmp_path, rows).loc["better"]
+    assert better["n_seeds"] == 0 and better["n_aborted"] == 3 and math.isnan(better["val_bpb_mean"])
+    assert not better["significant_practised_vs_baseline"] and better["flags"].count("aborted") == 3
+    for row in rows[:3]:
+        abort_seed(row)
+    with pytest.raises(ValueError, match="every seed aborted"):
+        summary_of(tmp_path, rows)

@@ -5,7 +5,7 @@ from pgolf.launch import run_train
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,  # noqa: F821 (injected by Snakemake)
                     format="%(asctime)s %(name)s %(message)s")
-cfg = dict(snakemake.params.cfg)  # noqa: F821
+cfg = dict(snakemake.params.cfg, abort=snakemake.params.abort)  # noqa: F821 (pgolf.train reads cfg["abort"])
 gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)  # noqa: F821
 run_train(
     cfg, snakemake.input.train, snakemake.input.tokenizer, int(snakemake.wildcards.seed),  # noqa: F821
