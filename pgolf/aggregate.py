@@ -48,11 +48,18 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
             "gpu_hours": gpu_seconds / 3600.0,
             "provenance": [train.get("provenance"), scored.get("provenance")],
             "aborted": bool(train.get("aborted")),
+            "gate_tflops": _slowest_device(train, "tflops"),
+            "gate_gbps": _slowest_device(train, "gbps"),
             "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)
                       + ([f"aborted ({train['abort_reason']})"] if train.get("aborted") else [])],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
     return pd.DataFrame.from_records(records)
+
+
+def _slowest_device(train: dict, figure: str) -> float:
+    """The GPU gate's figure (tflops, gbps) of the job's slowest device; NaN for a run without a gate."""
+    return min((d[figure] for d in (train.get("gate") or {}).get("devices", [])), default=math.nan)
 
 
 def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
@@ -160,6 +167,8 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             "train_seconds_mean": float(g["train_seconds"].mean()),
             "eval_seconds_mean": float(g["eval_seconds"].mean()),
             "world_size": int(g["world_size"].max()),
+            "gate_tflops_min": float(g["gate_tflops"].min()),
+            "gate_gbps_min": float(g["gate_gbps"].min()),
             "device": ",".join(sorted(set(g["device"]))),
             "gpu_hours": gpu_hours,
             "cost_usd": cost_usd,

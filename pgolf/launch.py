@@ -57,20 +57,39 @@ def launch_env(threads: int, nproc: int, base: dict | None = None) -> dict:
     return env
 
 
+def run_gate(device: str, nproc: int, floors: dict, out_json: Path, log_path, threads: int) -> dict:
+    """pgolf.gate in its own process (its CUDA contexts end with it); raises GateError naming a slow device."""
+    from pgolf.gate import check
+
+    cmd = [sys.executable, "-m", "pgolf.gate", "--device", device, "--nproc", str(nproc), "--out", str(out_json)]
+    _run_logged(cmd, log_path, threads, 1, "GPU gate")
+    record = dict(io.read_json(out_json), min_tflops=floors["min_tflops"], min_gbps=floors["min_gbps"])
+    with open(log_path, "a") as log:
+        for m in record["devices"]:
+            log.write(f"gate: {m['device']} ({m['name']}) {m['tflops']:.2f} TFLOP/s {m['dtype']} GEMM, "
+                      f"{m['gbps']:.1f} GB/s copy\n")
+    check(record)
+    return record
+
+
 def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_path, nproc: int,
-              threads: int) -> None:
+              threads: int, gate: dict | None = None) -> None:
     """Run training with `nproc` ranks; `outputs` maps each of TRAIN_FILES to its final path.
 
     Ranks write into a scratch directory beside the model output; files move to their final paths only
-    after every rank exited cleanly, so a failed run leaves no output behind."""
+    after every rank exited cleanly, so a failed run leaves no output behind. `gate` (the config's `gate:`
+    floors) first times every device of the job; its figures go into train.json."""
     missing = [name for name in TRAIN_FILES if name not in outputs]
     if missing:
         raise KeyError(f"run_train: no output path for {', '.join(missing)}")
     with _scratch(Path(outputs["model.pt"]).parent, ".train.", cfg) as scratch:
+        gate_record = run_gate(cfg["device"], nproc, gate, scratch / "gate.json", log_path, threads) if gate else None
         out_dir = scratch / "out"
         cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
         _run_logged(cmd, log_path, threads, nproc, "training")
+        if gate_record:
+            io.write_json(out_dir / "train.json", dict(io.read_json(out_dir / "train.json"), gate=gate_record))
         stamp(out_dir / "train.json", REPO_ROOT)
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)

@@ -151,3 +151,15 @@ def test_an_ablation_with_every_seed_aborted_keeps_a_row_without_statistics(tmp_
         abort_seed(row)
     with pytest.raises(ValueError, match="every seed aborted"):
         summary_of(tmp_path, rows)
+
+
+def test_gate_columns_give_the_slowest_device_over_seeds(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for i, row in enumerate(rows[:3]):
+        train = json.loads(open(row["train"]).read())
+        devices = [{"device": f"cuda:{d}", "tflops": 600.0 - 10 * i - d, "gbps": 2900.0 - i - d} for d in range(8)]
+        open(row["train"], "w").write(json.dumps(dict(train, gate={"devices": devices})))
+    summary = summary_of(tmp_path, rows)
+    assert summary.loc["baseline"]["gate_tflops_min"] == 600.0 - 20 - 7
+    assert summary.loc["baseline"]["gate_gbps_min"] == 2900.0 - 2 - 7
+    assert math.isnan(summary.loc["better"]["gate_tflops_min"])  # no gate ran: no figure

@@ -13,4 +13,7 @@ run_train(
              "train.log": snakemake.output.log_txt, "train.json": snakemake.output.summary},  # noqa: F821
     log_path=snakemake.log[0], nproc=gpus if gpus > 0 else int(cfg["nproc"]),  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
+    # the floors decide which machines may train, not what is trained: read here, not as params, so a
+    # changed floor does not re-run training
+    gate=snakemake.config["gate"],  # noqa: F821
 )
