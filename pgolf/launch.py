@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pgolf
 from pgolf import io
+from pgolf.progress import Reporter
 from pgolf.provenance import stamp
 
 # pgolf.train writes these names into its --out-dir; the rule's outputs may be named anything.
@@ -39,14 +41,26 @@ def _scratch(parent: Path, prefix: str, cfg: dict):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str) -> None:
+def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str,
+                budget_seconds: float | None = None) -> None:
+    """Run cmd with its output going to log_path whole and, as compact progress lines, to this process's
+    stderr (pgolf.progress), which is the user's terminal under Snakemake's local executor."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
+    report = Reporter(f"{what} {Path(log_path).stem}", budget_seconds)
+    with open(log_path, "ab") as log:
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(threads, nproc))
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {result.returncode}); see {log_path}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=launch_env(threads, nproc))
+        pending = b""
+        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            log.write(chunk)
+            log.flush()
+            *records, pending = re.split(rb"[\r\n]", pending + chunk)
+            for record in records:
+                report(record.decode("utf-8", "replace"))
+        returncode = proc.wait()
+    if returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {returncode}); see {log_path}")
 
 
 def launch_env(threads: int, nproc: int, base: dict | None = None) -> dict:
@@ -87,7 +101,7 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
         out_dir = scratch / "out"
         cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
-        _run_logged(cmd, log_path, threads, nproc, "training")
+        _run_logged(cmd, log_path, threads, nproc, "training", cfg["max_wallclock_seconds"])
         if gate_record:
             io.write_json(out_dir / "train.json", dict(io.read_json(out_dir / "train.json"), gate=gate_record))
         stamp(out_dir / "train.json", REPO_ROOT)

@@ -67,7 +67,8 @@ def run(tmp_path_factory):
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     small = merged(base, SMALL)
     configfile = write_config(workdir, small, "small.yaml")
-    snakemake(workdir, "--configfile", configfile)
+    proc = snakemake(workdir, "--configfile", configfile)
+    (workdir / "terminal.txt").write_text(proc.stdout + proc.stderr)  # what the user saw
     return workdir, small, configfile
 
 
@@ -161,3 +162,11 @@ def test_report_carries_every_figure_with_its_caption_and_the_summary(run):
         first_words = " ".join((ROOT / "docs" / "report" / f"{name}.rst").read_text().split()[:4])
         assert first_words in html, f"caption of {name} missing"
     assert "ablation_summary.tsv" in html
+
+
+def test_the_terminal_shows_docs_bar_and_training_progress(run):
+    workdir, cfg, _ = run
+    terminal = (workdir / "terminal.txt").read_text()
+    assert re.search(r"docs: 100%\|.*\| 240/240", terminal)  # the docs stage's bar
+    steps = cfg["train"]["max_steps"]
+    assert re.search(rf"training \w+_seed1: step {steps}/{steps} loss [0-9.]+, [0-9.]+ ms/step, ETA 0:00:00", terminal)
