@@ -70,18 +70,19 @@ def logged_losses(log_text: str) -> tuple[list[int], list[float]]:
 
 
 def loss_curves_figure(seeds: pd.DataFrame):
-    """Training loss against step, one line per seed, one colour per ablation (train.log)."""
+    """Training loss against step, one line per seed, one colour per trained model (train.log); ablations
+    that share a trained model (e.g. differ only in quantization) share a colour and a legend entry."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (name, group) in enumerate(seeds.groupby("ablation", sort=False)):
-        for j, row in enumerate(group.itertuples()):
+    for k, (_, group) in enumerate(seeds.groupby("key_train", sort=False)):
+        label = ", ".join(dict.fromkeys(group["ablation"]))
+        for j, row in enumerate(group.drop_duplicates("seed").itertuples()):
             steps, losses = logged_losses(Path(row.train_log).read_text())
-            ax.plot(steps, losses, color=colors[k % len(colors)], alpha=0.8, lw=1.2,
-                    label=name if j == 0 else None)
+            ax.plot(steps, losses, color=colors[k % len(colors)], alpha=0.8, lw=1.2, label=label if j == 0 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats per token, mean over ranks)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="ablation (one line per seed)", title_fontsize=8)
+    ax.legend(fontsize=8, title="ablations (one line per seed)", title_fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -31,7 +31,10 @@ def seed_rows(tmp_path) -> list[dict]:
                      "artifact": {"total_bytes": 120_000, "model_bytes": 100_000, "code_bytes": 20_000, "fits": True},
                      "eval": {"val_bpb": bpb, "val_loss": 2 * bpb, "eval_seconds": 1.0},
                      "prequant": {"val_bpb": bpb - 0.01, "val_loss": 2 * bpb - 0.02, "eval_seconds": 1.0}}
-            row = {"ablation": name, "seed": seed, "keys": {s: s[:1] * 10 for s in STAGE_SECTIONS}}
+            # "same" differs from the baseline after training (as quant-only ablations do): one trained model
+            train_key = str(list(BPB).index("baseline" if name == "same" else name)) * 10
+            keys = {s: train_key if s == "train" else s[:1] * 10 for s in STAGE_SECTIONS}
+            row = {"ablation": name, "seed": seed, "keys": keys}
             for kind, content in files.items():
                 (base / f"{kind}.json").write_text(json.dumps(content))
                 row[kind] = str(base / f"{kind}.json")
@@ -69,10 +72,11 @@ def test_val_bpb_figure_draws_baseline_and_reference_means(tables):
     assert lines["reference (record) 1.2500"] == 1.25
 
 
-def test_loss_curves_have_one_line_per_seed_with_the_logged_points(tables):
+def test_loss_curves_have_one_line_per_trained_seed_with_the_logged_points(tables):
     summary, seeds = tables
     ax = loss_curves_figure(seeds).axes[0]
-    assert len(ax.get_lines()) == len(seeds) == 12
+    assert len(seeds) == 12 and len(ax.get_lines()) == 9  # baseline and "same" share their trained models
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline, same", "better", "worse"]
     steps, losses = logged_losses(train_log(2.6))
     assert steps == [5, 10, 15, 20] and losses[-1] == pytest.approx(2.6)
     first = ax.get_lines()[0]
