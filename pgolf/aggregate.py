@@ -10,7 +10,9 @@ from pgolf import ARTIFACT_LIMIT_BYTES
 from pgolf.config import KEY_WILDCARD, STAGE_SECTIONS
 from pgolf.io import atomic_path, read_json
 from pgolf.postflight import flags as postflight_flags
-from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
+from pgolf.provenance import summary_columns as provenance_columns
+from pgolf.stats import (PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, ci95, min_detectable_improvement,
+                         p_less, pooled_std, seeds_needed)
 
 
 # Pod reports name the jobs' wildcards; this maps a wildcard back to its stage.
@@ -29,6 +31,7 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
         records.append({
             "ablation": row["ablation"],
             "seed": row["seed"],
+            "train_log": row.get("train_log"),
             "val_bpb": scored["val_bpb"],
             "val_loss": scored["val_loss"],
             "pre_quant_bpb": prequant["val_bpb"],
@@ -43,10 +46,20 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
             "world_size": train["world_size"],
             "device": train["device"],
             "gpu_hours": gpu_seconds / 3600.0,
-            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)],
+            "provenance": [train.get("provenance"), scored.get("provenance")],
+            "aborted": bool(train.get("aborted")),
+            "gate_tflops": _slowest_device(train, "tflops"),
+            "gate_gbps": _slowest_device(train, "gbps"),
+            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)
+                      + ([f"aborted ({train['abort_reason']})"] if train.get("aborted") else [])],
             **{f"key_{stage}": key for stage, key in row["keys"].items()},
         })
     return pd.DataFrame.from_records(records)
+
+
+def _slowest_device(train: dict, figure: str) -> float:
+    """The GPU gate's figure (tflops, gbps) of the job's slowest device; NaN for a run without a gate."""
+    return min((d[figure] for d in (train.get("gate") or {}).get("devices", [])), default=math.nan)
 
 
 def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
@@ -95,12 +108,32 @@ def _serves(wildcards: dict, keys: dict[str, str], seeds: set[int]) -> bool:
     return "seed" not in wildcards or int(wildcards["seed"]) in seeds
 
 
+def noise_floor(groups: dict[str, pd.DataFrame], n_seeds: int) -> dict:
+    """Seed-to-seed noise pooled over every ablation, and the smallest improvement over the baseline each
+    rule could detect with `n_seeds` seeds per side at that noise (the same for every row)."""
+    std_bpb = pooled_std(g["val_bpb"] for g in groups.values())
+    std_nats = pooled_std(g["val_loss"] for g in groups.values())
+    return {
+        "noise_std_bpb": std_bpb,
+        "noise_std_nats": std_nats,
+        "min_improvement_bpb_practised": min_detectable_improvement(std_bpb, n_seeds, PRACTISED_ALPHA),
+        "min_improvement_nats_strict": min_detectable_improvement(std_nats, n_seeds, STRICT_ALPHA,
+                                                                  STRICT_MARGIN_NATS),
+    }
+
+
 def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_per_gpu_hour: float,
-              pod_reports: list[dict] | None = None) -> pd.DataFrame:
-    """Per-ablation statistics and tests against the baseline ablation and the external reference."""
+              pod_reports: list[dict] | None = None, n_seeds: int | None = None) -> pd.DataFrame:
+    """Per-ablation statistics and tests against the baseline ablation and the external reference.
+    `n_seeds`: the configured seeds per ablation, for the noise floor (default: the most any ablation has)."""
+    # Aborted seeds (train.json says why) are never ranked: they leave the statistics, their flags stay.
+    aborted = {name: g for name, g in seeds[seeds["aborted"]].groupby("ablation", sort=False)}
+    seeds = seeds[~seeds["aborted"]]
     if baseline not in set(seeds["ablation"]):
-        raise ValueError(f"baseline ablation {baseline!r} has no results")
+        raise ValueError(f"baseline ablation {baseline!r} has no results"
+                         + (" (every seed aborted: see its train.log)" if baseline in aborted else ""))
     groups = {name: group for name, group in seeds.groupby("ablation", sort=False)}
+    noise = noise_floor(groups, n_seeds or max(len(g) for g in groups.values()))
     base_bpb, base_loss = Sample.of(groups[baseline]["val_bpb"]), Sample.of(groups[baseline]["val_loss"])
     ref_bpb = ref_loss = None
     if reference:
@@ -139,6 +172,8 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             "train_seconds_mean": float(g["train_seconds"].mean()),
             "eval_seconds_mean": float(g["eval_seconds"].mean()),
             "world_size": int(g["world_size"].max()),
+            "gate_tflops_min": float(g["gate_tflops"].min()),
+            "gate_gbps_min": float(g["gate_gbps"].min()),
             "device": ",".join(sorted(set(g["device"]))),
             "gpu_hours": gpu_hours,
             "cost_usd": cost_usd,
@@ -151,10 +186,24 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
         row["significant_practised_vs_baseline"] = bool(row["p_welch_vs_baseline"] < PRACTISED_ALPHA)
         if ref_bpb is not None:
             row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
-        row["flags"] = ";".join(_flags(row) + [flag for seed_flags in g["flags"] for flag in seed_flags])
+        row.update(noise)
+        row.update(provenance_columns([record for records in g["provenance"] for record in records]))
+        dropped = aborted.pop(name, g.iloc[:0])
+        row["n_aborted"] = len(dropped)
+        row["flags"] = ";".join(_flags(row) + [flag for seed_flags in pd.concat([g, dropped])["flags"]
+                                               for flag in seed_flags])
         row.update({f"key_{stage}": key for stage, key in keys.items()})
         rows.append(row)
+    rows += [aborted_row(name, g, noise) for name, g in aborted.items()]
     return pd.DataFrame.from_records(rows)
+
+
+def aborted_row(name: str, g: pd.DataFrame, noise: dict) -> dict:
+    """An ablation whose every seed aborted: no statistics, only why (flags) and its keys."""
+    return {"ablation": name, "n_seeds": 0, "n_aborted": len(g), "seeds": "", "fits_16mb": False,
+            "significant_strict_vs_baseline": False, "significant_practised_vs_baseline": False, **noise,
+            "flags": ";".join(["fewer_than_3_seeds"] + [flag for seed_flags in g["flags"] for flag in seed_flags]),
+            **{f"key_{stage}": g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS}}
 
 
 def _flags(row: dict) -> list[str]:
@@ -168,7 +217,8 @@ def _flags(row: dict) -> list[str]:
 def write_summary(rows: list[dict], baseline: str, reference: dict | None, usd_per_gpu_hour: float,
                   out_tsv, out_parquet, out_index, expect: dict | None = None, pods_dir=None) -> pd.DataFrame:
     seeds = load_seed_table(rows, expect)
-    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour, load_pod_reports(pods_dir))
+    summary = summarize(seeds, baseline, reference, usd_per_gpu_hour, load_pod_reports(pods_dir),
+                        n_seeds=len({r["seed"] for r in rows}))
     index = pd.DataFrame.from_records(
         [{"ablation": r["ablation"], "seed": r["seed"], **{f"key_{s}": k for s, k in r["keys"].items()},
           "eval_json": r["eval"], "train_json": r["train"], "artifact_json": r["artifact"]} for r in rows])

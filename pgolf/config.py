@@ -24,12 +24,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "docs": ("docs",),
     "tokenizer": ("docs", "tokenizer"),
     "shards": ("docs", "tokenizer", "shards"),
-    "train": ("docs", "tokenizer", "shards", "train"),
-    "quant": ("docs", "tokenizer", "shards", "train", "quant"),
-    "compress": ("docs", "tokenizer", "shards", "train", "quant", "compress"),
-    "eval": ("docs", "tokenizer", "shards", "train", "quant", "compress", "eval"),
+    # `abort` rules decide where a run stops, so they key the trained model too
+    "train": ("docs", "tokenizer", "shards", "abort", "train"),
+    "quant": ("docs", "tokenizer", "shards", "abort", "train", "quant"),
+    "compress": ("docs", "tokenizer", "shards", "abort", "train", "quant", "compress"),
+    "eval": ("docs", "tokenizer", "shards", "abort", "train", "quant", "compress", "eval"),
     # the unquantized EMA model scored with the same eval settings: the quantization gap
-    "prequant": ("docs", "tokenizer", "shards", "train", "eval"),
+    "prequant": ("docs", "tokenizer", "shards", "abort", "train", "eval"),
 }
 KEY_HEX_CHARS = 10
 # The one home of every key's default (`default:`); Snakemake's validate fills them into the config.

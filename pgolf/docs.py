@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pgolf.hub import download_dataset_file
 from pgolf.io import atomic_path, sha256_file, write_json
@@ -95,7 +96,7 @@ def _document(rng: np.random.Generator) -> str:
 def synthetic_docs(num_docs: int, seed: int) -> list[str]:
     """`num_docs` web-like documents, a pure function of `seed`: Zipfian words, 1-12 paragraphs, lognormal lengths."""
     rng = np.random.default_rng(seed)
-    return [_document(rng) for _ in range(num_docs)]
+    return [_document(rng) for _ in tqdm(range(num_docs), desc="docs", unit="doc", mininterval=0.5)]
 
 
 def read_jsonl_texts(path: str | os.PathLike, max_docs: int | None = None) -> list[str]:
@@ -105,7 +106,7 @@ def read_jsonl_texts(path: str | os.PathLike, max_docs: int | None = None) -> li
     """
     path = Path(path)
     texts: list[str] = []
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, tqdm(total=max_docs, desc=f"docs {path.name}", unit="doc", mininterval=0.5) as bar:
         for line_no, line in enumerate(f, start=1):  # binary iteration splits on b"\n" only
             if max_docs is not None and len(texts) >= max_docs:
                 break
@@ -119,6 +120,7 @@ def read_jsonl_texts(path: str | os.PathLike, max_docs: int | None = None) -> li
             if not isinstance(text, str) or not text:
                 raise ValueError(f"{path}:{line_no}: expected a JSON object with a non-empty string \"text\"")
             texts.append(text)
+            bar.update(1)
     return texts
 
 

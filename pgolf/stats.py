@@ -84,3 +84,26 @@ def seeds_needed(candidate: Sample, reference: Sample, margin: float = STRICT_MA
         mid = (low + high) // 2
         low, high = (low, mid) if significant(mid) else (mid + 1, high)
     return float(low)
+
+
+def pooled_std(groups) -> float:
+    """Pooled within-group sample std, sqrt(sum((n_i - 1) s_i^2) / sum(n_i - 1)), over groups of >= 2 values:
+    the seed-to-seed noise of one configuration, estimated from every ablation at once. NaN without any."""
+    squares, dof = 0.0, 0
+    for values in groups:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size > 1:
+            squares += float(((values - values.mean()) ** 2).sum())
+            dof += values.size - 1
+    return math.sqrt(squares / dof) if dof else math.nan
+
+
+def min_detectable_improvement(std: float, n_seeds: int, alpha: float, margin: float = 0.0) -> float:
+    """Smallest mean improvement (reference mean - candidate mean) that passes the one-sided Welch test
+    at p < alpha with `n_seeds` seeds on each side when both spreads equal `std`.
+
+    With equal spreads and sizes Welch's t is d / (std * sqrt(2/n)) on 2(n - 1) degrees of freedom, so
+    the threshold is margin + t_{1-alpha, 2n-2} * std * sqrt(2/n). NaN below two seeds or without a spread."""
+    if n_seeds < 2 or not math.isfinite(std):
+        return math.nan
+    return margin + float(stats.t.ppf(1 - alpha, 2 * (n_seeds - 1))) * std * math.sqrt(2 / n_seeds)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pgolf import io
+from pgolf.abort import abort_reason
 from pgolf.consistency import batch_split_errors
 from pgolf.distributed import init_distributed
 from pgolf.fastpath import StepProfiler, autocast_ctx, configure_cuda, maybe_compile
@@ -152,8 +153,9 @@ class LoopResult:
     steps: int
     train_seconds: float
     final_train_loss: float   # mean over ranks, nats per token
-    stopped_by: str           # max_steps | wallclock
+    stopped_by: str           # max_steps | wallclock | abort
     loop_start_step: int | None
+    abort_reason: str | None = None
 
 
 def check_train_keys(cfg: dict) -> dict:
@@ -290,11 +292,27 @@ def calibration_reserve_seconds(cfg: dict, elapsed: float, step: int, accum_step
     return cfg["hessian_batches"] * elapsed / step / accum_steps
 
 
+def check_abort(run: Run, step: int, loss: float, step_ms: float, elapsed: float, reserve: float) -> str | None:
+    """The config's `abort:` rules (pgolf.abort) at a log step; every rank gets the same answer."""
+    rules = run.cfg.get("abort")
+    if not rules:
+        return None
+    steps_left = max(run.cfg["max_wallclock_seconds"] - reserve - elapsed, 0.0) / (step_ms / 1000)
+    reason = abort_reason(rules, step, loss, step_ms, step + steps_left)
+    if run.world_size > 1:
+        fired = torch.tensor([reason is not None], dtype=torch.float64, device=run.device)
+        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        reason = reason or ("another rank's abort rule fired" if fired.item() else None)
+    if reason:
+        run.log(f"abort: {reason}")
+    return reason
+
+
 def timed_loop(run: Run, loader, ema: EMA, loop_at: float | None) -> LoopResult:
     """Steps until max_steps, or until the time left could not also cover the Hessian batches."""
     cfg, model, log = run.cfg, run.model, run.log
     max_steps, budget_seconds = cfg["max_steps"], cfg["max_wallclock_seconds"]
-    step, reserve_seconds, stopped_by, loop_step = 0, 0.0, "max_steps", None
+    step, reserve_seconds, stopped_by, loop_step, aborted = 0, 0.0, "max_steps", None, None
     last_log_step, last_log_elapsed = 0, 0.0
     bar = tqdm(total=max_steps, disable=run.rank != 0 or os.environ.get("TQDM_DISABLE") == "1", file=sys.stderr,
                desc="train", mininterval=1.0)
@@ -328,12 +346,16 @@ def timed_loop(run: Run, loader, ema: EMA, loop_at: float | None) -> LoopResult:
                     f"tokens_per_s {cfg['batch_tokens'] / (step_ms / 1000):.0f} elapsed_s {elapsed:.3f}")
                 bar.set_postfix(loss=f"{loss_value:.3f}")
                 last_log_step, last_log_elapsed = step, elapsed
+                aborted = check_abort(run, step, loss_value, step_ms, elapsed, reserve_seconds)
+                if aborted:
+                    stopped_by = "abort"
+                    break
             if elapsed + reserve_seconds >= budget_seconds and step < max_steps:
                 stopped_by = "wallclock"
                 break
     bar.close()
     train_seconds = clock.sync(step)
-    result = LoopResult(step, train_seconds, global_loss(run, loss_sum, step), stopped_by, loop_step)
+    result = LoopResult(step, train_seconds, global_loss(run, loss_sum, step), stopped_by, loop_step, aborted)
     log(f"stopped after {step} steps ({stopped_by}) in {train_seconds:.1f}s")
     return result
 
@@ -375,6 +397,7 @@ def run_summary(run: Run, result: LoopResult, compile_seconds: float, hessian_se
         "train_budget_seconds": train_seconds + hessian_seconds,
         "stopped_by": result.stopped_by, "num_params": run.num_params, "seed": run.seed,
         "loop_start_step": result.loop_start_step, "compile_seconds": compile_seconds, "attention": run.attention,
+        "aborted": result.abort_reason is not None, "abort_reason": result.abort_reason,
     }
 
 

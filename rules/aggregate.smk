@@ -4,11 +4,14 @@
 
 rule aggregate:
     input:
-        [row[kind] for row in seed_rows() for kind in ("train", "artifact", "eval", "prequant")],
+        [row[kind] for row in seed_rows() for kind in ("train", "train_log", "artifact", "eval", "prequant")],
     output:
         tsv=report(SUMMARY_TSV, category="Summary", caption="../docs/report/summary.rst"),
         parquet=SUMMARY_PARQUET,
         index=INDEX_TSV,
+        # one PNG per pgolf.figures.FIGURES, each with its caption in docs/report/
+        **{name: report(FIGURE_PNG.format(name=name), category="Figures", caption=f"../docs/report/{name}.rst")
+           for name in FIGURES},
     params:
         rows=seed_rows(),
         baseline=RUNS.baseline,

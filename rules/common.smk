@@ -38,11 +38,13 @@ PREQUANT_JSON = "results/eval_prequant/{prequant_key}/seed{seed}/eval.json"
 SUMMARY_TSV = "results/ablation_summary.tsv"
 SUMMARY_PARQUET = "results/ablation_summary.parquet"
 INDEX_TSV = "results/index.tsv"
+FIGURE_PNG = "results/figures/{name}.png"
 # Written by the RunPod executor beside the workflow's outputs; not a workflow output itself.
 POD_REPORTS_DIR = "results/pods"
 
 # The wildcard that carries each stage's key.
 from pgolf.config import KEY_WILDCARD
+from pgolf.figures import FIGURES
 
 
 def upstream_path(stage, wildcards, target_stage, template):
@@ -116,6 +118,7 @@ def seed_rows():
                 "seed": seed,
                 "keys": k,
                 "train": TRAIN_JSON.format(train_key=k["train"], seed=seed),
+                "train_log": TRAIN_LOG.format(train_key=k["train"], seed=seed),
                 "artifact": ARTIFACT_JSON.format(compress_key=k["compress"], seed=seed),
                 "eval": EVAL_JSON.format(eval_key=k["eval"], seed=seed),
                 "prequant": PREQUANT_JSON.format(prequant_key=k["prequant"], seed=seed),

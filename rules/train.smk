@@ -13,6 +13,7 @@ rule train:
         summary=TRAIN_JSON,
     params:
         cfg=stage_params("train"),
+        abort=lambda w: stage_config("train", w)["abort"],
     resources:
         gpu=train_gpus,
         runtime=30,

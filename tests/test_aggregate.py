@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -100,3 +101,80 @@ def test_group_pod_report_counts_once_for_the_ablations_it_served(tmp_path):
     summary = summary_of(tmp_path, rows, pods_dir=pods)
     assert summary.loc["baseline", "gpu_hours"] == 2.0 and summary.loc["baseline", "cost_usd"] == 5.0
     assert summary.loc["better", "gpu_hours"] == 0.0
+
+
+def test_noise_floor_matches_a_hand_computation_with_scipy(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    summary = summary_of(tmp_path, rows)
+    # pooled variance: the two groups' squared deviations over their summed degrees of freedom (2 + 2)
+    squares = sum(((np.array(v) - np.mean(v)) ** 2).sum() for v in BPB.values())
+    std_bpb = math.sqrt(squares / 4)
+    for column in ("noise_std_bpb", "noise_std_nats", "min_improvement_bpb_practised", "min_improvement_nats_strict"):
+        assert summary[column].nunique() == 1  # one noise floor for the whole table
+    row = summary.loc["better"]
+    assert row["noise_std_bpb"] == pytest.approx(std_bpb)
+    assert row["noise_std_nats"] == pytest.approx(std_bpb * LOSS_PER_BPB)
+    # at exactly the detectable improvement, scipy's one-sided Welch test sits on the rule's alpha (3 seeds a side)
+    d_bpb = row["min_improvement_bpb_practised"]
+    p = stats.ttest_ind_from_stats(1.0 - d_bpb, std_bpb, 3, 1.0, std_bpb, 3, equal_var=False, alternative="less").pvalue
+    assert p == pytest.approx(0.25)
+    d_nats, std_nats = row["min_improvement_nats_strict"], std_bpb * LOSS_PER_BPB
+    p = stats.ttest_ind_from_stats(2.0 - d_nats + 0.005, std_nats, 3, 2.0, std_nats, 3, equal_var=False,
+                                   alternative="less").pvalue
+    assert p == pytest.approx(0.01)
+    assert d_nats > 0.005 and d_bpb > 0
+
+
+def test_provenance_of_every_seed_reaches_the_summary(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for i, row in enumerate(rows[:3]):  # the baseline's seeds, one from a dirty checkout on another pod
+        train = json.loads(open(row["train"]).read())
+        train["provenance"] = {"git_commit": "abc", "git_dirty": i == 2, "torch_version": "2.8.0",
+                               "host_id": f"runpod:pod{i % 2}", "gpu_model": "NVIDIA H100 80GB HBM3"}
+        open(row["train"], "w").write(json.dumps(train))
+    summary = summary_of(tmp_path, rows)
+    base = summary.loc["baseline"]
+    assert base["git_commit"] == "abc" and bool(base["git_dirty"]) is True
+    assert base["hosts"] == "runpod:pod0;runpod:pod1" and base["gpu_model"] == "NVIDIA H100 80GB HBM3"
+    assert pd.isna(summary.loc["better"]["git_commit"])  # no record: empty, not invented
+
+
+def abort_seed(row, reason="step_ms_above: 150.0 ms per step > 130 at step 50"):
+    train = json.loads(open(row["train"]).read())
+    open(row["train"], "w").write(json.dumps(dict(train, aborted=True, abort_reason=reason)))
+
+
+def test_an_aborted_seed_is_flagged_and_left_out_while_the_other_seeds_count(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    abort_seed(rows[3])  # better, seed 0
+    summary = summary_of(tmp_path, rows)
+    better = summary.loc["better"]
+    assert better["n_seeds"] == 2 and better["n_aborted"] == 1 and better["seeds"] == "1,2"
+    assert better["val_bpb_mean"] == pytest.approx(sum(BPB["better"][1:]) / 2)
+    assert "seed 0: aborted (step_ms_above" in better["flags"]
+    assert summary.loc["baseline"]["n_seeds"] == 3 and summary.loc["baseline"]["n_aborted"] == 0
+
+
+def test_an_ablation_with_every_seed_aborted_keeps_a_row_without_statistics(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for row in rows[3:]:
+        abort_seed(row)
+    better = summary_of(tmp_path, rows).loc["better"]
+    assert better["n_seeds"] == 0 and better["n_aborted"] == 3 and math.isnan(better["val_bpb_mean"])
+    assert not better["significant_practised_vs_baseline"] and better["flags"].count("aborted") == 3
+    for row in rows[:3]:
+        abort_seed(row)
+    with pytest.raises(ValueError, match="every seed aborted"):
+        summary_of(tmp_path, rows)
+
+
+def test_gate_columns_give_the_slowest_device_over_seeds(tmp_path):
+    rows = [write_seed(tmp_path, name, seed, v) for name, values in BPB.items() for seed, v in enumerate(values)]
+    for i, row in enumerate(rows[:3]):
+        train = json.loads(open(row["train"]).read())
+        devices = [{"device": f"cuda:{d}", "tflops": 600.0 - 10 * i - d, "gbps": 2900.0 - i - d} for d in range(8)]
+        open(row["train"], "w").write(json.dumps(dict(train, gate={"devices": devices})))
+    summary = summary_of(tmp_path, rows)
+    assert summary.loc["baseline"]["gate_tflops_min"] == 600.0 - 20 - 7
+    assert summary.loc["baseline"]["gate_gbps_min"] == 2900.0 - 2 - 7
+    assert math.isnan(summary.loc["better"]["gate_tflops_min"])  # no gate ran: no figure

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def random_checkpoint(tmp_path_factory, tiny_corpus):
     return path
 
 
-def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tiny_corpus, tmp_path):
+def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tiny_corpus, tmp_path, capsys):
     """run_eval with 2 ranks (torchrun, gloo) splits the windows and all-reduces: same totals as in-process."""
     from pgolf.launch import run_eval
 
@@ -125,6 +126,10 @@ def test_two_torchrun_ranks_score_the_same_as_one_process(random_checkpoint, tin
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-12)
     assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-12)
     assert not list(tmp_path.glob(".eval.*")), "scratch left behind"
+    # the ranks' output goes to the log; rank 0's bar reaches this process's stderr as compact progress
+    assert re.search(r"evaluation eval2: eval \d+% \(\d+/\d+ batches\), ETA", capsys.readouterr().err)
+    for result in (one, two):  # the launcher adds the reproducibility record on either path
+        assert result["provenance"]["torch_version"] == torch.__version__
 
 
 def test_eval_json_names_the_jobs_gpus(random_checkpoint, tiny_corpus, tmp_path, monkeypatch):

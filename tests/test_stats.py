@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats as sps
 
-from pgolf.stats import STRICT_MARGIN_NATS, Sample, ci95, p_less, seeds_needed
+from pgolf.stats import STRICT_MARGIN_NATS, Sample, ci95, min_detectable_improvement, p_less, pooled_std, seeds_needed
 
 RECORD_1769 = [1.06356801, 1.0641313, 1.06466993, 1.06509678, 1.06516558]
 RECORD_1736 = [1.0661, 1.06473, 1.06563]
@@ -52,3 +52,16 @@ def test_seeds_needed_is_the_smallest_n_that_passes():
 
 def test_seeds_needed_nan_when_improvement_below_margin():
     assert math.isnan(seeds_needed(Sample(2.498, 0.001, 3), Sample(2.500, 0.001, 3)))
+
+
+def test_pooled_std_weights_groups_by_degrees_of_freedom_and_skips_single_values():
+    a, b, single = [1.0, 2.0, 4.0, 7.0], [3.0, 5.0], [100.0]
+    by_hand = math.sqrt((3 * sps.tstd(a) ** 2 + 1 * sps.tstd(b) ** 2) / 4)
+    assert pooled_std([a, b, single]) == pytest.approx(by_hand)
+    assert math.isnan(pooled_std([single]))
+
+
+def test_min_detectable_improvement_needs_two_seeds_and_shrinks_with_more():
+    assert math.isnan(min_detectable_improvement(0.001, 1, 0.25))
+    three, five = (min_detectable_improvement(0.001, n, 0.25) for n in (3, 5))
+    assert 0 < five < three

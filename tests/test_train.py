@@ -156,6 +156,7 @@ def test_torchrun_two_ranks_on_gloo_match_one_rank(tiny_corpus, tiny_run, tmp_pa
     summary = json.loads(outputs["train.json"].read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 20
     assert summary["placement"] == {"placed_by": "none", "cuda_visible_devices": "", "gpus": []}  # a CPU job
+    assert summary["provenance"]["torch_version"] == torch.__version__ and summary["provenance"]["gpu_model"] is None
     assert "world_size: 2" in outputs["train.log"].read_text()
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(TRAIN_FILES)  # no scratch left
 
@@ -259,3 +260,37 @@ def test_fused_kernels_train_the_same_model(tiny_corpus, tmp_path, switches):
         states.append(torch.load(tmp_path / str(fused) / "model.pt", weights_only=True)["state_dict"])
     for name, w in states[0].items():
         torch.testing.assert_close(states[1][name], w, atol=1e-5, rtol=1e-4, msg=name)
+
+
+NO_ABORT = {"after_steps": 5, "loss_above": None, "step_ms_above": None, "min_projected_steps": None}
+
+
+@pytest.mark.parametrize("rule", [{"loss_above": {"step": 10, "value": 0.01}}, {"step_ms_above": 1e-6},
+                                  {"min_projected_steps": 10**9}], ids=lambda rule: next(iter(rule)))
+def test_abort_rule_stops_the_run_at_a_log_step_and_says_why(tiny_corpus, tmp_path, rule):
+    name = next(iter(rule))
+    summary = train(dict(TINY, abort=dict(NO_ABORT, **rule)), tiny_corpus.train_dir, tiny_corpus.tokenizer_model,
+                    tmp_path, seed=1)
+    first_step = 10 if name == "loss_above" else 5  # the first log step the rule is checked at
+    assert summary["aborted"] and summary["stopped_by"] == "abort" and summary["steps"] == first_step
+    assert summary["abort_reason"].startswith(name)
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["aborted"] and saved["abort_reason"] == summary["abort_reason"]
+    assert f"abort: {name}" in (tmp_path / "train.log").read_text()
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "hessians.pt").exists()  # the DAG goes on
+
+
+def test_rules_that_do_not_fire_leave_the_run_alone(tiny_corpus, tmp_path):
+    relaxed = dict(NO_ABORT, loss_above={"step": 5, "value": 100.0}, step_ms_above=1e6, min_projected_steps=1)
+    summary = train(dict(TINY, abort=relaxed), tiny_corpus.train_dir, tiny_corpus.tokenizer_model, tmp_path, seed=1)
+    assert not summary["aborted"] and summary["abort_reason"] is None and summary["steps"] == 20
+
+
+def test_abort_under_two_ranks_ends_the_job_cleanly(tiny_corpus, tmp_path):
+    """Both ranks stop at the same step (the verdict is all-reduced) and the launcher gets a clean exit."""
+    outputs = {name: tmp_path / "out" / name for name in TRAIN_FILES}
+    cfg = dict(TINY, abort=dict(NO_ABORT, step_ms_above=1e-6))
+    run_train(cfg, tiny_corpus.train_dir, tiny_corpus.tokenizer_model, 1, outputs, tmp_path / "stage.log", nproc=2,
+              threads=2)
+    summary = json.loads(outputs["train.json"].read_text())
+    assert summary["aborted"] and summary["world_size"] == 2 and summary["steps"] == 5

@@ -67,7 +67,8 @@ def run(tmp_path_factory):
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     small = merged(base, SMALL)
     configfile = write_config(workdir, small, "small.yaml")
-    snakemake(workdir, "--configfile", configfile)
+    proc = snakemake(workdir, "--configfile", configfile)
+    (workdir / "terminal.txt").write_text(proc.stdout + proc.stderr)  # what the user saw
     return workdir, small, configfile
 
 
@@ -164,3 +165,26 @@ def test_corrupt_shard_fails_the_job_with_the_file_named_and_no_partial_output(r
         assert not list((workdir / "results/train" / train_key / f"seed{seed}").glob("*")), "partial outputs left"
     finally:
         shard.write_bytes(original)
+
+
+def test_report_carries_every_figure_with_its_caption_and_the_summary(run):
+    from pgolf.figures import FIGURES
+
+    workdir, _, configfile = run
+    for name in FIGURES:
+        assert (workdir / "results" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    snakemake(workdir, "--report", "report.html", "--configfile", configfile)
+    html = (workdir / "report.html").read_text()
+    for name in FIGURES:
+        assert f"{name}.png" in html
+        first_words = " ".join((ROOT / "docs" / "report" / f"{name}.rst").read_text().split()[:4])
+        assert first_words in html, f"caption of {name} missing"
+    assert "ablation_summary.tsv" in html
+
+
+def test_the_terminal_shows_docs_bar_and_training_progress(run):
+    workdir, cfg, _ = run
+    terminal = (workdir / "terminal.txt").read_text()
+    assert re.search(r"docs: 100%\|.*\| 240/240", terminal)  # the docs stage's bar
+    steps = cfg["train"]["max_steps"]
+    assert re.search(rf"training \w+_seed1: step {steps}/{steps} loss [0-9.]+, [0-9.]+ ms/step, ETA 0:00:00", terminal)
