@@ -89,4 +89,8 @@ def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, 
                                                          "--tokenizer", tokenizer, "--config", scratch / "params.json",
                                                          "--device", device, "--out", scratch / "eval.json"])
         _run_logged(cmd, log_path, threads, nproc, "evaluation")
+        from pgolf.ttt import DOC_TABLE_NAME
+
+        if (scratch / DOC_TABLE_NAME).exists():  # TTT's per-document table, beside eval.json
+            shutil.move(scratch / DOC_TABLE_NAME, Path(out_json).with_name(DOC_TABLE_NAME))
         shutil.move(scratch / "eval.json", out_json)
