@@ -38,12 +38,12 @@ class BatchedLoRA(nn.Module):
 
     @torch.no_grad()
     def reset(self) -> None:
-        """Fresh adapters for every row; the same draw each time, so a document's result does not depend on
-        how many documents were processed before it."""
+        """Fresh adapters for every row, all rows and every reset from the same draw: a document's result
+        depends neither on the documents before it nor on its row in the batch (nor on the rank count)."""
         gen = torch.Generator().manual_seed(self.seed)
         for a, b in zip(self.a, self.b):
             bound = 1.0 / math.sqrt(a.size(-1))
-            a.copy_(torch.rand(a.shape, generator=gen).mul_(2 * bound).sub_(bound))
+            a.copy_(torch.rand(a.shape[1:], generator=gen).mul_(2 * bound).sub_(bound).expand_as(a))
             b.zero_()
         self.rows = None
 

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import pgolf.ttt as ttt
 from pgolf.bpb import byte_luts, count_doc_bytes
@@ -15,19 +14,14 @@ CPU = torch.device("cpu")
 LUTS = ((np.arange(VOCAB) % 3).astype(np.int16), np.zeros(VOCAB, bool), np.zeros(VOCAB, bool))
 
 
-def eval_defaults() -> dict:
-    """The eval section as the schema fills it in."""
-    from pathlib import Path
-
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
-    return {k: v["default"] for k, v in schema["properties"]["eval"]["properties"].items()}
-
-
-def settings(**overrides) -> TTTSettings:
-    cfg = eval_defaults()
-    cfg.update({"ttt_lora_rank": 4, "ttt_lr": 0.05, "ttt_chunk_tokens": 8, "ttt_batch_docs": 3,
-                "ttt_phase_docs": [4, 8], "ttt_global_lr": 0.05, "ttt_global_batch_docs": 3, **overrides})
-    return TTTSettings.from_eval_cfg(cfg)
+@pytest.fixture
+def settings(eval_defaults):
+    """TTTSettings from the schema's defaults with LoRA and two global phases on, plus overrides."""
+    def make(**overrides) -> TTTSettings:
+        return TTTSettings.from_eval_cfg({**eval_defaults, "ttt_lora_rank": 4, "ttt_lr": 0.05, "ttt_chunk_tokens": 8,
+                                          "ttt_batch_docs": 3, "ttt_phase_docs": [4, 8], "ttt_global_lr": 0.05,
+                                          "ttt_global_batch_docs": 3, **overrides})
+    return make
 
 
 def tiny_model(seed: int = 0) -> GPT:
@@ -48,8 +42,8 @@ def doc_stream(seed: int = 0, num_docs: int = 11) -> np.ndarray:
     return np.array(tokens, dtype=np.uint16)
 
 
-def run(tokens, s=None, token_nll=None, seed: int = 0) -> dict:
-    return evaluate_documents(tiny_model(seed), tokens, LUTS, BOS, s or settings(), 16, CPU, token_nll=token_nll)
+def run(tokens, s: TTTSettings, token_nll=None) -> dict:
+    return evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, token_nll=token_nll)
 
 
 def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
@@ -60,21 +54,21 @@ def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
 
 
 @pytest.mark.parametrize("which", ["last", "middle"])
-def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which):
+def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, settings):
     """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on)."""
     tokens = doc_stream()
-    base = run(tokens)["docs"]
+    base = run(tokens, settings())["docs"]
     order = np.argsort(base["position"])
     target = order[-1] if which == "last" else order[5]  # position 5: the middle phase, after a global step
     docs = split_documents(tokens, BOS)
-    changed = run(perturb_doc(tokens, docs[target]))["docs"]
+    changed = run(perturb_doc(tokens, docs[target]), settings())["docs"]
     earlier = base["position"] < base["position"][target]
     assert earlier.sum() == base["position"][target] > 0
     np.testing.assert_array_equal(changed["nll_nats"][earlier], base["nll_nats"][earlier])
     assert changed["nll_nats"][target] != base["nll_nats"][target]
 
 
-def test_a_target_is_scored_before_any_update_on_it():
+def test_a_target_is_scored_before_any_update_on_it(settings):
     """C3 inside a document: changing token p changes no loss of a target before it, across chunks."""
     tokens = doc_stream()
     docs = split_documents(tokens, BOS)
@@ -84,19 +78,19 @@ def test_a_target_is_scored_before_any_update_on_it():
     changed = tokens.copy()
     changed[p] = 4 + (int(changed[p]) - 4 + 1) % (VOCAB - 4)
     before, after = {}, {}
-    run(tokens, token_nll=before)
-    run(changed, token_nll=after)
+    run(tokens, settings(), token_nll=before)
+    run(changed, settings(), token_nll=after)
     k = p - long_doc.start - 1  # the target equal to token p; targets 0..k-1 come before it
     np.testing.assert_array_equal(after[long_doc.index][:k], before[long_doc.index][:k])
     assert after[long_doc.index][k + 1:] != before[long_doc.index][k + 1:]
 
 
-def test_first_chunk_nll_is_the_full_softmax_of_the_artifact_model():
+def test_first_chunk_nll_is_the_full_softmax_of_the_artifact_model(settings):
     """C2: the scored NLL is -log_softmax over the whole vocabulary (first phase: the artifact's weights;
     first chunk: no adapter has stepped yet)."""
     tokens = doc_stream()
     token_nll = {}
-    position = run(tokens, token_nll=token_nll)["docs"]["position"]
+    position = run(tokens, settings(), token_nll=token_nll)["docs"]["position"]
     model = tiny_model()
     first_phase = [d for d in split_documents(tokens, BOS) if position[d.index] < 4]
     assert len(first_phase) == 4
@@ -109,7 +103,7 @@ def test_first_chunk_nll_is_the_full_softmax_of_the_artifact_model():
         np.testing.assert_allclose(token_nll[doc.index][:n], direct.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_document_tokens_and_bytes_are_the_canonical_totals(tiny_corpus):
+def test_document_tokens_and_bytes_are_the_canonical_totals(tiny_corpus, settings):
     """C4 and §2: per-document token counts sum to the stream's targets, bytes to the decoded UTF-8 length."""
     import sentencepiece as spm
 
@@ -130,7 +124,7 @@ def test_document_tokens_and_bytes_are_the_canonical_totals(tiny_corpus):
     assert sorted(table["position"]) == list(range(tiny_corpus.num_val_docs))
 
 
-def test_warm_up_sees_no_validation_token(monkeypatch):
+def test_warm_up_sees_no_validation_token(monkeypatch, settings):
     """The warm-up's inputs are the same whatever the validation data: it cannot have seen any of it."""
     seen, recording = [], [False]
     real_warm_up = ttt.warm_up
@@ -148,7 +142,7 @@ def test_warm_up_sees_no_validation_token(monkeypatch):
     monkeypatch.setattr(ttt, "warm_up", spying_warm_up)
     for seed in (0, 1):
         seen.append([])
-        run(doc_stream(seed))
+        run(doc_stream(seed), settings())
     assert len(seen[0]) > 0, "the warm-up ran no forward"
     assert len(seen[0]) == len(seen[1])
     for a, b in zip(*seen):
