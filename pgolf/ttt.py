@@ -108,6 +108,8 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
                 context: int, token_nll: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a batch of documents (longest first) chunk by chunk, each chunk scored before its adapter
     steps on it. Returns per-document (NLL nats float64, bytes int64); fills token_nll[doc.index] when given."""
+    if any(a.num_targets < b.num_targets for a, b in zip(batch, batch[1:])):
+        raise ValueError("score_batch: documents must come longest first (running documents are a batch prefix)")
     device = stream.device
     nll = torch.zeros(len(batch), dtype=torch.float64, device=device)
     nbytes = torch.zeros(len(batch), dtype=torch.int64, device=device)
@@ -126,13 +128,13 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
             with torch.set_grad_enabled(training), _autocast(device):
                 losses = _token_losses(model, inputs, targets, scored)
             if step == 0:  # the score: taken before any update on these tokens, never revised
-                _record(losses.detach(), inputs, targets, scored, luts, nll, nbytes, batch, first, token_nll)
+                _record(losses.detach(), inputs, targets, scored, luts, nll, nbytes, batch, token_nll)
             if training:
                 _adapter_step(losses, scored, batch, first + chunk, optimizer)
     return nll, nbytes
 
 
-def _record(losses, inputs, targets, scored, luts, nll, nbytes, batch, first, token_nll) -> None:
+def _record(losses, inputs, targets, scored, luts, nll, nbytes, batch, token_nll) -> None:
     rows = losses.size(0)
     nll[:rows] += losses.double().sum(1)
     nbytes[:rows] += torch.where(scored, target_bytes(inputs, targets, luts), 0).sum(1)
