@@ -13,8 +13,8 @@ Four scores on the validation shard, because the record reports pre-quantization
 val_bpb without sliding windows (stride = seq_len) and the quantized one with them (stride 64):
 prequant/full, prequant/sliding, quantized/full, quantized/sliding. "quantized" is the model rebuilt
 from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same blob scored with the
-`ttt` ablation of the config (the record's phased score-first LoRA TTT; `--eval-set` applies to it too),
-so its gain over quantized/sliding is TTT's alone. Writes OUT/quality.json and prints one line per score.
+`ttt` ablation of the config (the record's phased score-first LoRA TTT; `--ttt-set` overrides its eval
+keys, e.g. phases scaled to a small validation set), so its gain over quantized/sliding is TTT's alone. Writes OUT/quality.json and prints one line per score.
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse
@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
     ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value (CPU smoke runs)")
     ap.add_argument("--ttt", action="store_true", help="also score the blob with the config's ttt ablation")
+    ap.add_argument("--ttt-set", nargs="*", default=[], help="eval overrides key=yaml_value for the TTT score only")
     a = ap.parse_args()
     from pgolf.artifact import compress_artifact
     from pgolf.evaluate import evaluate_files
@@ -91,7 +92,7 @@ def main() -> int:
             (out / "quality.json").write_text(json.dumps(result, indent=2))
     if a.ttt:
         ev = eval_section(cfg, "ttt")
-        apply_sets(ev, a.eval_set)
+        apply_sets(ev, a.ttt_set)
         r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
         scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"]}
         print(f"pgolf seed {a.seed} quantized ttt     val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f} "
