@@ -14,6 +14,7 @@ one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -24,6 +25,7 @@ from pgolf.bpb import target_bytes
 from pgolf.lora import BatchedLoRA
 from pgolf.ttt_plan import Doc, batches, processing_order, rank_share, split_documents
 
+log = logging.getLogger(__name__)
 WARMUP_SEED = 20240520  # the warm-up's random tokens: fixed, independent of the validation data
 
 
@@ -176,6 +178,9 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
     `token_nll` (tests) collects this rank's per-target losses by document index."""
     docs = split_documents(tokens, bos_id)
     phases = processing_order(docs, s.ttt_phase_docs)
+    if len(phases) < len(s.ttt_phase_docs) + 1:
+        log.warning("eval.ttt_phase_docs %s: only cuts inside 1..%d documents apply (%d phase(s))",
+                    s.ttt_phase_docs, len(docs) - 1, len(phases))
     model.eval().to(device).requires_grad_(False)
     lora = (BatchedLoRA(model, s.ttt_lora_targets, s.ttt_lora_rank, s.ttt_lora_alpha, s.ttt_batch_docs)
             if s.ttt_lora_rank > 0 else None)

@@ -152,3 +152,9 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
 def test_settings_name_missing_keys():
     with pytest.raises(KeyError, match="eval.ttt_lora_rank"):
         TTTSettings.from_eval_cfg({"seq_len": 64})
+
+
+def test_phase_cuts_beyond_the_documents_are_reported(settings, caplog):
+    with caplog.at_level("WARNING", logger="pgolf.ttt"):
+        run(doc_stream(), settings(ttt_phase_docs=[4, 500]))
+    assert "only cuts inside 1..10 documents apply (2 phase(s))" in caplog.text
