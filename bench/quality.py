@@ -2,7 +2,7 @@
 """pgolf's side of the real-text quality comparison: train → GPTQ → compress → eval, one seed.
 
     python3 bench/quality.py --out OUTDIR/pgolf_s1 --seed 1 [--steps 400] [--batch-tokens 16384]
-                             [--data .ref/data_text] [--device cuda] [--set key=yaml ...]
+                             [--data .ref/data_text] [--device cuda] [--set key=yaml ...] [--ttt]
 
 The record's stack from config/challenge.yaml (train, quant, compress, eval sections) on the shards
 bench/make_text_shards.py writes; the counterpart of the reference run in bench/quality_side_by_side.sh,
@@ -12,7 +12,9 @@ of the schedule (the warmdown follows steps), as MAX_WALLCLOCK_SECONDS=0 does fo
 Four scores on the validation shard, because the record reports pre-quantization and quantized
 val_bpb without sliding windows (stride = seq_len) and the quantized one with them (stride 64):
 prequant/full, prequant/sliding, quantized/full, quantized/sliding. "quantized" is the model rebuilt
-from the compressed blob alone. Writes OUT/quality.json and prints one line per score.
+from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same blob scored with the
+`ttt` ablation of the config (the record's phased score-first LoRA TTT; `--ttt-set` overrides its eval
+keys, e.g. phases scaled to a small validation set), so its gain over quantized/sliding is TTT's alone. Writes OUT/quality.json and prints one line per score.
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse
@@ -23,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from run_pgolf_bench import apply_sets, link_shards  # bench/ is on sys.path: python puts the script's folder there
+from run_pgolf_bench import apply_sets, eval_section, link_shards  # bench/ is on sys.path: python puts the script's folder there
 
 from pgolf.config import load_config
 
@@ -41,6 +43,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
     ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value (CPU smoke runs)")
+    ap.add_argument("--ttt", action="store_true", help="also score the blob with the config's ttt ablation")
+    ap.add_argument("--ttt-set", nargs="*", default=[], help="eval overrides key=yaml_value for the TTT score only")
     a = ap.parse_args()
     from pgolf.artifact import compress_artifact
     from pgolf.evaluate import evaluate_files
@@ -85,6 +89,14 @@ def main() -> int:
             print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
                   flush=True)
             (out / "quality.json").write_text(json.dumps(result, indent=2))
+    if a.ttt:
+        ev = eval_section(cfg, "ttt")
+        apply_sets(ev, a.ttt_set)
+        r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
+        scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"]}
+        print(f"pgolf seed {a.seed} quantized ttt     val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f} "
+              f"({r['eval_seconds']:.0f} s)", flush=True)
+        (out / "quality.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -2,13 +2,15 @@
 # The quality comparison on a GPU: the record's script and pgolf's stages on the same real
 # sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
 # pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
-#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] bash bench/quality_side_by_side.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] [TTT=1 [TTT_SET=...]] bash bench/quality_side_by_side.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
 # Needs .ref/ (bench/prepare_reference.sh) and .ref/data_text (bench/make_text_shards.py).
 # 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the 6.9M training
 # tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64 micro-batches.
 # Both use EMA decay 0.99 instead of the record's 0.997: both EMAs start from the random initial
 # weights, and after 400 steps 0.997 would still hold 30% of them (0.99: 2%). Per-seed logs land in
 # OUTDIR as they finish, so a run cut by a time limit keeps them.
+# TTT=1: pgolf also scores its blob with challenge.yaml's ttt ablation (bench/quality.py --ttt),
+# TTT_SET="key=value ..." overriding its eval keys (--ttt-set).
 set -uo pipefail
 OUTDIR="${1:?usage: quality_side_by_side.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
 SEEDS="${2:-1 2 3}"; STEPS="${3:-400}"; BATCH="${4:-16384}"; SIDES="${5:-ref pgolf}"; EMA="${6:-0.99}"
@@ -48,7 +50,7 @@ run_one() {
       REF_STOP_AFTER_TRAIN=0 "${LIMIT[@]}" python3 run_reference.py) > "$OUTDIR/ref_s$seed.log" 2>&1
   else
     "${LIMIT[@]}" python3 bench/quality.py --out "$OUTDIR/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
-      --set ema_decay="$EMA" > "$OUTDIR/pgolf_s$seed.log" 2>&1
+      --set ema_decay="$EMA" ${TTT:+--ttt --ttt-set ${TTT_SET:-}} > "$OUTDIR/pgolf_s$seed.log" 2>&1
   fi
   echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
 }

@@ -76,6 +76,20 @@ def apply_sets(section: dict, pairs: list[str]) -> None:
         section[k] = yaml.safe_load(v)
 
 
+def eval_section(cfg: dict, ablation: str | None = None) -> dict:
+    """A config's eval section with the schema's defaults filled in and, if named, one ablation's eval.* overrides
+    (`ttt` in config/challenge.yaml: the record's test-time training)."""
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    section = {k: v["default"] for k, v in schema["properties"]["eval"]["properties"].items() if "default" in v}
+    section.update(cfg["eval"])
+    if ablation is not None:
+        overrides = cfg["ablations"].get(ablation)
+        if overrides is None:
+            raise SystemExit(f"no ablation {ablation!r} in the config")
+        section.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("eval.")})
+    return section
+
+
 def link_shards(src: Path, split: str, dest: Path) -> Path:
     """dest/ with links to src's fineweb_{split}_*.bin: a stage sees only the split it should."""
     found = sorted(Path(src).glob(f"fineweb_{split}_*.bin"))

@@ -3,6 +3,7 @@
 
     python3 bench/time_eval.py --out /tmp/te --nproc 1 [--val-tokens 4000000] [--device cuda]
                                [--tokenizer .ref/data/tokenizers/fineweb_8192_bpe.model] [--set key=yaml ...]
+                               [--ttt] [--doc-tokens 811] [--val-dir DIR]
 
 Random weights and random sp8192 ids: the scores mean nothing, the time is the eval stage's own
 (pgolf.launch.run_eval: in-process for 1 rank, torchrun for more). Prints eval seconds, scored tokens
@@ -11,6 +12,11 @@ must stay under the 600 s eval budget. Writes OUT/eval.json. The eval section is
 (`eval.compile: true`; `--eval-set compile=false` times the eager forward). `--set` overrides train keys (a tiny model
 for a CPU smoke run: `--device cpu --set num_layers=2 loop_layers=[1] model_dim=32 num_heads=2 num_kv_heads=1
 --eval-set seq_len=128 stride=64`).
+
+`--ttt` times the config's `ttt` ablation (the record's phased score-first LoRA TTT). TTT scores documents,
+so the random stream is cut into documents, each BOS + random ids, with lengths drawn from an exponential
+distribution of mean `--doc-tokens` (811: the challenge split's 40,540,160 tokens over 50,000 documents);
+`--val-dir` times real validation shards instead (their document lengths are what TTT's cost depends on).
 """
 import argparse
 import json
@@ -19,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from run_pgolf_bench import apply_sets  # bench/ is on sys.path: python puts the script's folder there
+from run_pgolf_bench import apply_sets, eval_section  # bench/ is on sys.path: python puts the script's folder there
 
 from pgolf.config import load_config
 
@@ -38,6 +44,9 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "config" / "challenge.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
     ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value")
+    ap.add_argument("--ttt", action="store_true", help="time the config's ttt ablation")
+    ap.add_argument("--doc-tokens", type=float, default=CHALLENGE_VAL_TOKENS / 50_000, help="mean document length")
+    ap.add_argument("--val-dir", default=None, help="time these validation shards instead of random ids")
     a = ap.parse_args()
     from pgolf.launch import run_eval
     from pgolf.model import GPT, ModelConfig
@@ -48,8 +57,10 @@ def main() -> int:
     (out / "val").mkdir(parents=True, exist_ok=True)
     cfg = load_config(a.config)  # the schema's defaults filled in
     apply_sets(cfg["train"], a.set)
+    cfg["eval"] = eval_section(cfg, "ttt" if a.ttt else None)
     apply_sets(cfg["eval"], a.eval_set)
-    vocab = spm.SentencePieceProcessor(model_file=a.tokenizer).get_piece_size()
+    sp = spm.SentencePieceProcessor(model_file=a.tokenizer)
+    vocab = sp.get_piece_size()
     torch.manual_seed(0)
     config = ModelConfig.from_train_cfg(cfg["train"], vocab)
     model = GPT(config)
@@ -57,14 +68,18 @@ def main() -> int:
         for p in model.parameters():
             p.normal_(0.0, 0.02)
     torch.save({"model_config": config.to_dict(), "state_dict": model.state_dict()}, out / "model.pt")
-    ids = np.random.default_rng(0).integers(4, vocab, a.val_tokens + 1).astype(np.uint16)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, vocab, a.val_tokens + 1).astype(np.uint16)
+    starts = np.cumsum(1 + rng.exponential(a.doc_tokens - 1, a.val_tokens // 2).astype(np.int64))
+    ids[0], ids[starts[starts < ids.size]] = sp.bos_id(), sp.bos_id()  # each document starts with BOS
     write_shard(out / "val" / "fineweb_val_000000.bin", ids)
-    run_eval("prequant", out / "model.pt", out / "val", a.tokenizer, cfg["eval"], a.device, out / "eval.json",
+    run_eval("prequant", out / "model.pt", a.val_dir or out / "val", a.tokenizer, cfg["eval"], a.device, out / "eval.json",
              out / "eval.log", nproc=a.nproc, threads=a.nproc)
     r = json.loads((out / "eval.json").read_text())
     rate = r["scored_tokens"] / r["eval_seconds"]
-    print(f"eval {a.nproc} rank(s) on {r['device']}: {r['scored_tokens']:,} tokens (seq {r['seq_len']}, stride "
-          f"{r['stride']}) in {r['eval_seconds']:.1f} s = {rate:,.0f} tokens/s; the challenge's "
+    how = "TTT" if "ttt" in r else f"stride {r['stride']}"
+    print(f"eval {a.nproc} rank(s) on {r['device']}: {r['scored_tokens']:,} tokens (seq {r['seq_len']}, {how}) in "
+          f"{r['eval_seconds']:.1f} s (scoring {r['scoring_seconds']:.1f} s) = {rate:,.0f} tokens/s; the challenge's "
           f"{CHALLENGE_VAL_TOKENS:,} tokens: {CHALLENGE_VAL_TOKENS / rate:.0f} s on {r['world_size']} rank(s)",
           flush=True)
     return 0

@@ -27,6 +27,7 @@ from pgolf.distributed import init_distributed
 from pgolf.fastpath import configure_cuda, maybe_compile
 from pgolf.io import write_json
 from pgolf.shard_format import load_tokens, shard_paths
+from pgolf.ttt import DOC_TABLE_NAME, evaluate_with_ttt, ttt_requested, write_doc_table
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,9 @@ def load_prequant_model(model_pt: str | Path) -> torch.nn.Module:
 def evaluate_files(mode: str, model_path: str | Path, val_dir: str | Path, tokenizer_model: str | Path,
                    cfg: dict, device: str, out_json: str | Path) -> dict:
     """mode 'artifact': rebuild from the compressed blob alone; 'prequant': the EMA model.pt.
-    Under torchrun every rank scores its share; rank 0 writes out_json."""
+    Under torchrun every rank scores its share; rank 0 writes out_json (and, with TTT, the per-document
+    table beside it). eval_seconds is the whole stage from here on (model load, warm-up, scoring) on the
+    slowest rank; scoring_seconds rank 0's scoring loop alone."""
     started = time.perf_counter()
     rank, world_size, dev = init_distributed(device)
     if mode == "artifact":
@@ -137,9 +140,14 @@ def evaluate_files(mode: str, model_path: str | Path, val_dir: str | Path, token
     tokens = load_tokens(shard_paths(val_dir))
     if dev.type == "cuda":
         configure_cuda(dev)  # cuDNN attention when it works here, as in training
-    result = evaluate_tokens(model, tokens, byte_luts(tokenizer_model), cfg["seq_len"], cfg["stride"],
-                             cfg["batch_seqs"], dev, rank, world_size,
-                             compile=bool(cfg.get("compile")) and dev.type == "cuda")
+    scoring_started, doc_table = time.perf_counter(), None
+    if ttt_requested(cfg):
+        result, doc_table = evaluate_with_ttt(model, tokens, tokenizer_model, cfg, dev, rank, world_size)
+    else:
+        result = evaluate_tokens(model, tokens, byte_luts(tokenizer_model), cfg["seq_len"], cfg["stride"],
+                                 cfg["batch_seqs"], dev, rank, world_size,
+                                 compile=bool(cfg.get("compile")) and dev.type == "cuda")
+    result["scoring_seconds"] = time.perf_counter() - scoring_started  # this rank's scoring loop alone
     elapsed = torch.tensor(time.perf_counter() - started, dtype=torch.float64, device=dev)
     if world_size > 1:
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the evaluation lasts as long as its slowest rank
@@ -149,6 +157,8 @@ def evaluate_files(mode: str, model_path: str | Path, val_dir: str | Path, token
         log.info("%s eval: val_loss %.5f nats, val_bpb %.5f over %d tokens / %d bytes in %.1f s on %d rank(s)",
                  mode, result["val_loss"], result["val_bpb"], result["scored_tokens"], result["scored_bytes"],
                  result["eval_seconds"], world_size)
+        if doc_table is not None:
+            write_doc_table(Path(out_json).with_name(DOC_TABLE_NAME), doc_table)
         write_json(out_json, result)
     return result
 

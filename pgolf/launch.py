@@ -142,4 +142,8 @@ def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, 
             _run_logged(cmd, log_path, threads, nproc, "evaluation", placement)
         _record_placement(scratch / "eval.json", placement)
         stamp(scratch / "eval.json", REPO_ROOT)
+        from pgolf.ttt import DOC_TABLE_NAME
+
+        if (scratch / DOC_TABLE_NAME).exists():  # TTT's per-document table, beside eval.json
+            shutil.move(scratch / DOC_TABLE_NAME, Path(out_json).with_name(DOC_TABLE_NAME))
         shutil.move(scratch / "eval.json", out_json)

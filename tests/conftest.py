@@ -50,3 +50,12 @@ def tiny_corpus(tmp_path_factory) -> types.SimpleNamespace:
                     c.docs_jsonl, c.num_val_docs, c.tokenizer_model, c.tokenizer_meta)
     build_shards(c.docs_jsonl, c.num_val_docs, c.tokenizer_model, c.tokens_per_shard, c.train_dir, c.val_dir, c.manifest)
     return c
+
+
+@pytest.fixture(scope="session")
+def eval_defaults() -> dict:
+    """The `eval:` section as config/schema.yaml's defaults fill it in."""
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    return {key: spec["default"] for key, spec in schema["properties"]["eval"]["properties"].items()}

@@ -39,6 +39,19 @@ def test_every_stage_has_one_key_wildcard_and_the_rules_use_exactly_those():
     assert constrained == in_templates == set(KEY_WILDCARD.values())
 
 
+@pytest.mark.parametrize("config_name,baseline", [("config.yaml", "baseline"), ("challenge.yaml", "record")])
+def test_ttt_ablation_is_eval_only_and_baseline_has_ttt_off(config_name, baseline):
+    """The TTT ablation scores its baseline's artifacts (same compress key); the baseline runs no TTT."""
+    from pgolf.ttt import ttt_requested
+
+    cfg = yaml.safe_load((ROOT / "config" / config_name).read_text())
+    validate(cfg, str(SCHEMA_PATH))  # fills in the schema's defaults, as the Snakefile does
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    base, ttt = table.ablations[baseline], table.ablations["ttt"]
+    assert ttt.keys["compress"] == base.keys["compress"] and ttt.keys["eval"] != base.keys["eval"]
+    assert ttt_requested(ttt.cfg["eval"]) and not ttt_requested(base.cfg["eval"])
+
+
 def test_keys_change_only_downstream_of_the_changed_section(cfg):
     changed = apply_overrides(cfg, {"eval.stride": 32}, "x")
     same = ["docs", "tokenizer", "shards", "train", "quant", "compress"]

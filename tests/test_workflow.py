@@ -98,9 +98,10 @@ def test_quant_change_reruns_only_quantize_compress_eval_aggregate(run):
     workdir, cfg, _ = run
     changed = write_config(workdir, merged(cfg, {"quant": {**cfg["quant"], "bits": 4}}), "quant4.yaml")
     counts = job_counts(snakemake(workdir, "-n", "--configfile", changed))
-    # baseline and mlp3 re-quantize; quant_int5 overrides the bits and keeps its artifacts
+    # baseline and mlp3 re-quantize; quant_int5 overrides the bits and keeps its artifacts; ttt (eval only)
+    # shares the baseline's new artifacts and re-scores them
     n = 2 * len(cfg["seeds"])
-    assert counts == {"quantize": n, "compress": n, "eval": n, "aggregate": 1}
+    assert counts == {"quantize": n, "compress": n, "eval": n + len(cfg["seeds"]), "aggregate": 1}
 
 
 def test_eval_change_reruns_only_eval_and_aggregate(run):
@@ -108,7 +109,8 @@ def test_eval_change_reruns_only_eval_and_aggregate(run):
     changed = write_config(workdir, merged(cfg, {"eval": {**cfg["eval"], "stride": 32}}), "stride32.yaml")
     counts = job_counts(snakemake(workdir, "-n", "--configfile", changed))
     seeds = len(cfg["seeds"])
-    assert counts == {"eval": 3 * seeds, "eval_prequant": 2 * seeds, "aggregate": 1}
+    # eval: baseline, quant_int5, mlp3, ttt; eval_prequant: baseline (= quant_int5's), mlp3, ttt
+    assert counts == {"eval": 4 * seeds, "eval_prequant": 3 * seeds, "aggregate": 1}
 
 
 def test_packed_code_change_reruns_only_compress_and_what_reads_it(run):

@@ -1,0 +1,67 @@
+"""Per-document low-rank adapters on a model's projections, batched: row b of a batch has its own adapter.
+
+For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B_bᵀ · alpha/rank  to W x_b, with
+A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
+`reset()` starts every row over (a new document); `select(rows)` says which adapter rows the next forward's
+batch rows are (documents drop out of a batch as they end); `active = False` switches the adapters off.
+The base weights are not touched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Names in eval.ttt_lora_targets -> attribute path inside each block (pgolf.layers.Block).
+TARGETS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.proj", "mlp_fc": "mlp.fc",
+           "mlp_proj": "mlp.proj"}
+
+
+class BatchedLoRA(nn.Module):
+    def __init__(self, model: nn.Module, targets: list[str], rank: int, alpha: float | None, batch: int,
+                 seed: int = 0):
+        super().__init__()
+        unknown = sorted(set(targets) - set(TARGETS))
+        if unknown:
+            raise ValueError(f"eval.ttt_lora_targets: unknown {unknown}; expected some of {sorted(TARGETS)}")
+        self.rank, self.scale, self.seed = rank, (alpha or rank) / rank, seed
+        self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets]
+        weight = self.linears[0].weight
+        self.a = nn.ParameterList(nn.Parameter(torch.empty(batch, rank, lin.in_features, device=weight.device))
+                                  for lin in self.linears)
+        self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, lin.out_features, rank, device=weight.device))
+                                  for lin in self.linears)
+        self.rows, self.active = None, True
+        self.handles = [lin.register_forward_hook(self._hook(i)) for i, lin in enumerate(self.linears)]
+        self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Fresh adapters for every row, all rows and every reset from the same draw: a document's result
+        depends neither on the documents before it nor on its row in the batch (nor on the rank count)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        for a, b in zip(self.a, self.b):
+            bound = 1.0 / math.sqrt(a.size(-1))
+            a.copy_(torch.rand(a.shape[1:], generator=gen).mul_(2 * bound).sub_(bound).expand_as(a))
+            b.zero_()
+        self.rows = None
+
+    def select(self, rows: torch.Tensor | None) -> None:
+        self.rows = rows
+
+    def _hook(self, i: int):
+        def add_delta(module, inputs, output):
+            if not self.active:  # global phases train the base weights alone
+                return output
+            x = inputs[0]
+            a, b = self.a[i], self.b[i]
+            if self.rows is not None:
+                a, b = a[self.rows], b[self.rows]
+            delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
+            return output + delta * self.scale
+        return add_delta
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -1,0 +1,267 @@
+"""Legal score-first test-time training (TTT) over the validation documents (DESIGN.md §1, rules C1-C4).
+
+Per-document LoRA TTT: each document is scored in chunks of `ttt_chunk_tokens` targets, each chunk with up
+to `ttt_seq_len` tokens of its own document as context; a chunk's losses are taken (the score, final) and
+only then does the document's adapter step on that chunk; the adapters start fresh at every document, and
+a document's last chunk is never trained on. Phased global TTT: after each phase of documents
+(`ttt_phase_docs`) is scored, SGD on the base weights over that phase's documents, on every rank together.
+
+So a token's loss comes from the artifact's weights, trained only on earlier phases' documents and on the
+earlier chunks of its own document: tokens already scored (C1, C3). The loss is the cross-entropy of the
+full softmax over the vocabulary (C2). The documents' targets partition the stream's, each scored once in
+one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never on validation tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pgolf.bpb import target_bytes
+from pgolf.lora import BatchedLoRA
+from pgolf.ttt_plan import Doc, batches, processing_order, rank_share, split_documents
+
+log = logging.getLogger(__name__)
+WARMUP_SEED = 20240520  # the warm-up's random tokens: fixed, independent of the validation data
+
+
+@dataclass(frozen=True)
+class TTTSettings:
+    """The eval section's ttt_* keys (config/schema.yaml holds their defaults and meaning)."""
+    ttt_lora_rank: int
+    ttt_lora_alpha: float | None
+    ttt_lora_targets: list
+    ttt_optimizer: str
+    ttt_lr: float
+    ttt_beta1: float
+    ttt_beta2: float
+    ttt_weight_decay: float
+    ttt_steps: int
+    ttt_chunk_tokens: int
+    ttt_seq_len: int | None
+    ttt_batch_docs: int
+    ttt_phase_docs: list
+    ttt_global_lr: float
+    ttt_global_momentum: float
+    ttt_global_epochs: int
+    ttt_global_batch_docs: int
+    ttt_warmup_batches: int
+
+    @classmethod
+    def from_eval_cfg(cls, cfg: dict) -> "TTTSettings":
+        missing = [f.name for f in fields(cls) if f.name not in cfg]
+        if missing:
+            raise KeyError(f"eval config is missing {', '.join('eval.' + m for m in missing)} "
+                           f"(config/schema.yaml gives their defaults)")
+        return cls(**{f.name: cfg[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def ttt_requested(cfg: dict) -> bool:
+    """TTT is on when LoRA adapters or global phases are asked for."""
+    return int(cfg.get("ttt_lora_rank") or 0) > 0 or bool(cfg.get("ttt_phase_docs"))
+
+
+def _autocast(device: torch.device):
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+            else contextlib.nullcontext())
+
+
+def _chunk_windows(stream, batch: list[Doc], chunk: int, first_target: int, context: int, device):
+    """Right-padded [rows, width] inputs / targets / scored-mask of the documents still running at this
+    chunk, each window its document's last `context` tokens up to the chunk's end."""
+    rows = [d for d in batch if d.num_targets > first_target]
+    ends = [min(first_target + chunk, d.num_targets) for d in rows]
+    lows = [max(0, end - context) for end in ends]
+    width = max(end - low for end, low in zip(ends, lows))
+    inputs = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    targets = torch.zeros_like(inputs)
+    scored = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for r, (d, low, end) in enumerate(zip(rows, lows, ends)):
+        inputs[r, :end - low] = stream[d.start + low:d.start + end]
+        targets[r, :end - low] = stream[d.start + low + 1:d.start + end + 1]
+        scored[r, first_target - low:end - low] = True
+    return inputs, targets, scored
+
+
+def _token_losses(model, inputs, targets, scored) -> torch.Tensor:
+    """[rows, width] NLL (nats, float32) of the scored targets under the full softmax; 0 elsewhere."""
+    losses = torch.zeros(scored.shape, dtype=torch.float32, device=scored.device)
+    losses[scored] = model.scored_losses(inputs, targets, scored).float()
+    return losses
+
+
+def _make_optimizer(params, s: TTTSettings) -> torch.optim.Optimizer:
+    if s.ttt_optimizer == "adam":
+        return torch.optim.AdamW(params, lr=s.ttt_lr, betas=(s.ttt_beta1, s.ttt_beta2),
+                                 weight_decay=s.ttt_weight_decay)
+    if s.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.ttt_lr, weight_decay=s.ttt_weight_decay)
+    raise ValueError(f"eval.ttt_optimizer must be adam or sgd, got {s.ttt_optimizer!r}")
+
+
+def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TTTSettings, luts,
+                context: int, token_nll: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score a batch of documents (longest first) chunk by chunk, each chunk scored before its adapter
+    steps on it. Returns per-document (NLL nats float64, bytes int64); fills token_nll[doc.index] when given."""
+    if any(a.num_targets < b.num_targets for a, b in zip(batch, batch[1:])):
+        raise ValueError("score_batch: documents must come longest first (running documents are a batch prefix)")
+    device = stream.device
+    nll = torch.zeros(len(batch), dtype=torch.float64, device=device)
+    nbytes = torch.zeros(len(batch), dtype=torch.int64, device=device)
+    optimizer = None
+    if lora is not None:
+        lora.reset()
+        optimizer = _make_optimizer(list(lora.parameters()), s)
+    chunk = s.ttt_chunk_tokens
+    for first in range(0, batch[0].num_targets, chunk):
+        inputs, targets, scored = _chunk_windows(stream, batch, chunk, first, context, device)
+        rows = inputs.size(0)  # documents still running: a prefix of the batch (longest first)
+        training = lora is not None and sum(d.num_targets > first + chunk for d in batch) > 0
+        for step in range(s.ttt_steps if training else 1):
+            if lora is not None:
+                lora.select(torch.arange(rows, device=device))
+            with torch.set_grad_enabled(training), _autocast(device):
+                losses = _token_losses(model, inputs, targets, scored)
+            if step == 0:  # the score: taken before any update on these tokens, never revised
+                _record(losses.detach(), inputs, targets, scored, luts, nll, nbytes, batch, token_nll)
+            if training:
+                _adapter_step(losses, scored, batch, first + chunk, optimizer)
+    return nll, nbytes
+
+
+def _record(losses, inputs, targets, scored, luts, nll, nbytes, batch, token_nll) -> None:
+    rows = losses.size(0)
+    nll[:rows] += losses.double().sum(1)
+    nbytes[:rows] += torch.where(scored, target_bytes(inputs, targets, luts), 0).sum(1)
+    if token_nll is not None:
+        for r in range(rows):
+            token_nll.setdefault(batch[r].index, []).extend(losses[r][scored[r]].tolist())
+
+
+def _adapter_step(losses, scored, batch: list[Doc], next_first: int, optimizer) -> None:
+    """One step of every continuing document's adapter on its mean chunk loss (rows are independent:
+    each adapter's gradient comes from its own document alone)."""
+    going_on = torch.tensor([d.num_targets > next_first for d in batch[:losses.size(0)]], device=losses.device)
+    per_doc = losses.sum(1) / scored.sum(1).clamp_min(1)
+    optimizer.zero_grad(set_to_none=True)
+    per_doc[going_on].sum().backward()
+    optimizer.step()
+
+
+def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: int, bos_id: int,
+            context: int, device) -> None:
+    """`ttt_warmup_batches` scoring-and-adapting passes over random documents (fixed seed): kernels, caches
+    and allocator warmed on the shapes scoring will use. It is given no validation token to see."""
+    gen = torch.Generator().manual_seed(WARMUP_SEED)
+    length = min(context, 2 * s.ttt_chunk_tokens)  # two chunks: one scored and trained on, one scored
+    for _ in range(s.ttt_warmup_batches):
+        stream = torch.randint(0, vocab_size, (s.ttt_batch_docs * length + 1,), generator=gen)
+        stream[::length] = bos_id
+        docs = [Doc(i, i * length, length) for i in range(s.ttt_batch_docs)]
+        score_batch(model, lora, stream.to(device), docs, s, luts, context)
+    if lora is not None:
+        lora.reset()
+
+
+def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSettings, context: int,
+                       device: torch.device, rank: int = 0, world_size: int = 1, token_nll: dict | None = None) -> dict:
+    """Score every validation document with TTT, each chunk with up to `context` tokens of its document
+    (eval.ttt_seq_len, else eval.seq_len). Returns the totals and `docs`, a per-document table
+    (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
+    `token_nll` (tests) collects this rank's per-target losses by document index."""
+    docs = split_documents(tokens, bos_id)
+    phases = processing_order(docs, s.ttt_phase_docs)
+    if len(phases) < len(s.ttt_phase_docs) + 1:
+        log.warning("eval.ttt_phase_docs %s: only cuts inside 1..%d documents apply (%d phase(s))",
+                    s.ttt_phase_docs, len(docs) - 1, len(phases))
+    model.eval().to(device).requires_grad_(False)
+    lora = (BatchedLoRA(model, s.ttt_lora_targets, s.ttt_lora_rank, s.ttt_lora_alpha, s.ttt_batch_docs)
+            if s.ttt_lora_rank > 0 else None)
+    luts_dev = tuple(torch.as_tensor(t, device=device) for t in luts)
+    try:
+        warm_up(model, lora, s, luts_dev, model.config.vocab_size, bos_id, context, device)
+        stream = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        table = _score_phases(model, lora, stream, phases, s, luts_dev, context, rank, world_size, token_nll)
+    finally:
+        if lora is not None:
+            lora.remove()
+    return _summary(table, docs, world_size)
+
+
+def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_size, token_nll) -> torch.Tensor:
+    """[num_docs, 4] float64 (position, tokens, bytes, nll) by file index, filled by this rank's documents."""
+    from pgolf.ttt_global import global_sgd
+
+    device = stream.device
+    table = torch.zeros(max(d.index for p in phases for d in p) + 1, 4, dtype=torch.float64, device=device)
+    first_position = 0
+    for k, phase in enumerate(phases):
+        position = {d.index: first_position + i for i, d in enumerate(phase)}
+        for batch in batches(rank_share(phase, rank, world_size), s.ttt_batch_docs):
+            nll, nbytes = score_batch(model, lora, stream, batch, s, luts, context, token_nll)
+            rows = torch.tensor([d.index for d in batch], device=device)
+            table[rows, 0] = torch.tensor([position[d.index] for d in batch], dtype=torch.float64, device=device)
+            table[rows, 1] = torch.tensor([d.num_targets for d in batch], dtype=torch.float64, device=device)
+            table[rows, 2], table[rows, 3] = nbytes.double(), nll
+        first_position += len(phase)
+        if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it
+            if lora is not None:
+                lora.active = False
+            global_sgd(model, stream, phase, s, context, rank, world_size, _autocast(device))
+            if lora is not None:
+                lora.active = True
+    return table
+
+
+def _summary(table: torch.Tensor, docs: list[Doc], world_size: int) -> dict:
+    if world_size > 1:
+        dist.all_reduce(table)  # each document filled by exactly one rank
+    rows = table[[d.index for d in docs]].cpu()
+    nll_total, byte_total = float(rows[:, 3].sum()), int(rows[:, 2].sum())
+    scored = int(rows[:, 1].sum())
+    return {
+        "nll_sum": nll_total, "scored_tokens": scored, "scored_bytes": byte_total,
+        "docs": {"doc_index": np.array([d.index for d in docs], dtype=np.int64),
+                 "position": rows[:, 0].numpy().astype(np.int64), "tokens": rows[:, 1].numpy().astype(np.int64),
+                 "bytes": rows[:, 2].numpy().astype(np.int64), "nll_nats": rows[:, 3].numpy()},
+    }
+
+
+DOC_TABLE_NAME = "eval_docs.parquet"  # beside eval.json: one row per validation document
+
+
+def evaluate_with_ttt(model, tokens: np.ndarray, tokenizer_model, cfg: dict, device, rank: int,
+                      world_size: int) -> tuple[dict, dict]:
+    """The eval stage's TTT path: (result in evaluate_tokens' form plus the settings, per-document table)."""
+    import sentencepiece as spm
+
+    from pgolf.bpb import bits_per_byte, byte_luts
+
+    settings = TTTSettings.from_eval_cfg(cfg)
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    out = evaluate_documents(model, tokens, byte_luts(sp), sp.bos_id(), settings,
+                             settings.ttt_seq_len or cfg["seq_len"], device, rank, world_size)
+    if out["scored_tokens"] != tokens.size - 1:  # the documents' contract: every target exactly once
+        raise AssertionError(f"TTT scored {out['scored_tokens']} targets, expected {tokens.size - 1}")
+    result = {"val_loss": out["nll_sum"] / out["scored_tokens"],
+              "val_bpb": bits_per_byte(out["nll_sum"], out["scored_bytes"]),
+              "scored_tokens": out["scored_tokens"], "scored_bytes": out["scored_bytes"],
+              "scored_docs": len(out["docs"]["doc_index"]), "ttt": settings.as_dict()}
+    return result, out["docs"]
+
+
+def write_doc_table(path, docs: dict) -> None:
+    """The per-document table as parquet, written whole or not at all."""
+    import pandas as pd
+
+    from pgolf.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(docs).sort_values("position").to_parquet(tmp, index=False)

@@ -1,0 +1,76 @@
+"""Phased global TTT: SGD on the base weights over a phase's documents once all of them are scored.
+
+Every rank takes part in every step: a step's documents are a fixed group of the phase (in processing
+order), each rank computes the summed loss gradient of its share of them, the gradients and token counts
+are all-reduced, and every rank applies the same mean-gradient step. The steps therefore do not depend on
+the number of ranks (up to floating-point summation order).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from pgolf.ttt_plan import Doc, batches, rank_share
+
+
+def _pieces(stream, doc: Doc, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A document's (inputs, targets) cut into pieces of at most `length` targets."""
+    out = []
+    for low in range(0, doc.num_targets, length):
+        high = min(low + length, doc.num_targets)
+        out.append((stream[doc.start + low:doc.start + high], stream[doc.start + low + 1:doc.start + high + 1]))
+    return out
+
+
+def _loss_sum(model, pieces, autocast) -> tuple[torch.Tensor, int]:
+    """Summed NLL of right-padded pieces (padding masked out) and their target count."""
+    width = max(x.numel() for x, _ in pieces)
+    device = pieces[0][0].device
+    inputs = torch.zeros(len(pieces), width, dtype=torch.long, device=device)
+    targets = torch.zeros_like(inputs)
+    mask = torch.zeros(len(pieces), width, dtype=torch.bool, device=device)
+    for r, (x, y) in enumerate(pieces):
+        inputs[r, :x.numel()], targets[r, :y.numel()], mask[r, :x.numel()] = x, y, True
+    with autocast:
+        losses = model.scored_losses(inputs, targets, mask).float()
+    return losses.sum(), int(mask.sum())
+
+
+def global_sgd(model, stream, phase: list[Doc], s, context: int, rank: int, world_size: int, autocast) -> None:
+    """`ttt_global_epochs` passes of SGD with momentum on every base weight over the phase's documents."""
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(params, lr=s.ttt_global_lr, momentum=s.ttt_global_momentum)
+    device = stream.device
+    for _ in range(s.ttt_global_epochs):
+        for group in batches(phase, s.ttt_global_batch_docs):
+            pieces = [p for d in rank_share(group, rank, world_size) for p in _pieces(stream, d, context)]
+            optimizer.zero_grad(set_to_none=False)
+            count = torch.zeros((), dtype=torch.float64, device=device)
+            for micro in batches(pieces, s.ttt_batch_docs):  # bounded activation memory
+                loss, n = _loss_sum(model, micro, autocast)
+                loss.backward()
+                count += n
+            _mean_gradients(params, count, world_size)
+            optimizer.step()
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+
+
+def _mean_gradients(params, count: torch.Tensor, world_size: int) -> None:
+    """Sum the gradients and target counts over ranks, then divide: the group's mean-loss gradient."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world_size > 1:
+        flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+        dist.all_reduce(flat)
+        dist.all_reduce(count)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+    for p in params:
+        p.grad.div_(count.clamp_min(1).to(p.grad.dtype))

@@ -1,0 +1,160 @@
+"""Legality of test-time training (DESIGN.md §1, C1-C4), each rule checked on CPU with TTT on."""
+import numpy as np
+import pytest
+import torch
+
+import pgolf.ttt as ttt
+from pgolf.bpb import byte_luts, count_doc_bytes
+from pgolf.model import GPT, ModelConfig
+from pgolf.ttt import TTTSettings, evaluate_documents
+from pgolf.ttt_plan import split_documents
+
+VOCAB, BOS = 64, 1
+CPU = torch.device("cpu")
+LUTS = ((np.arange(VOCAB) % 3).astype(np.int16), np.zeros(VOCAB, bool), np.zeros(VOCAB, bool))
+
+
+@pytest.fixture
+def settings(eval_defaults):
+    """TTTSettings from the schema's defaults with LoRA and two global phases on, plus overrides."""
+    def make(**overrides) -> TTTSettings:
+        return TTTSettings.from_eval_cfg({**eval_defaults, "ttt_lora_rank": 4, "ttt_lr": 0.05, "ttt_chunk_tokens": 8,
+                                          "ttt_batch_docs": 3, "ttt_phase_docs": [4, 8], "ttt_global_lr": 0.05,
+                                          "ttt_global_batch_docs": 3, **overrides})
+    return make
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                                                rope_base=1e4, logit_softcap=30.0, seq_len=32), VOCAB))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model
+
+
+def doc_stream(seed: int = 0, num_docs: int = 11) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tokens = []
+    for length in rng.integers(1, 40, num_docs):
+        tokens += [BOS, *rng.integers(4, VOCAB, length)]
+    return np.array(tokens, dtype=np.uint16)
+
+
+def run(tokens, s: TTTSettings, token_nll=None) -> dict:
+    return evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, token_nll=token_nll)
+
+
+def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
+    out = tokens.copy()
+    body = slice(doc.start + 1, doc.start + doc.num_targets)  # its own tokens; the next BOS stays
+    out[body] = 4 + (out[body].astype(int) - 4 + 17) % (VOCAB - 4)
+    return out
+
+
+@pytest.mark.parametrize("which", ["last", "middle"])
+def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, settings):
+    """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on)."""
+    tokens = doc_stream()
+    base = run(tokens, settings())["docs"]
+    order = np.argsort(base["position"])
+    target = order[-1] if which == "last" else order[5]  # position 5: the middle phase, after a global step
+    docs = split_documents(tokens, BOS)
+    changed = run(perturb_doc(tokens, docs[target]), settings())["docs"]
+    earlier = base["position"] < base["position"][target]
+    assert earlier.sum() == base["position"][target] > 0
+    np.testing.assert_array_equal(changed["nll_nats"][earlier], base["nll_nats"][earlier])
+    assert changed["nll_nats"][target] != base["nll_nats"][target]
+
+
+def test_a_target_is_scored_before_any_update_on_it(settings):
+    """C3 inside a document: changing token p changes no loss of a target before it, across chunks."""
+    tokens = doc_stream()
+    docs = split_documents(tokens, BOS)
+    long_doc = max(docs, key=lambda d: d.num_targets)
+    assert long_doc.num_targets > 3 * 8, "needs several chunks"
+    p = long_doc.start + 13  # inside chunk 1 (targets 8..15), not at its start
+    changed = tokens.copy()
+    changed[p] = 4 + (int(changed[p]) - 4 + 1) % (VOCAB - 4)
+    before, after = {}, {}
+    run(tokens, settings(), token_nll=before)
+    run(changed, settings(), token_nll=after)
+    k = p - long_doc.start - 1  # the target equal to token p; targets 0..k-1 come before it
+    np.testing.assert_array_equal(after[long_doc.index][:k], before[long_doc.index][:k])
+    assert after[long_doc.index][k + 1:] != before[long_doc.index][k + 1:]
+
+
+def test_first_chunk_nll_is_the_full_softmax_of_the_artifact_model(settings):
+    """C2: the scored NLL is -log_softmax over the whole vocabulary (first phase: the artifact's weights;
+    first chunk: no adapter has stepped yet)."""
+    tokens = doc_stream()
+    token_nll = {}
+    position = run(tokens, settings(), token_nll=token_nll)["docs"]["position"]
+    model = tiny_model()
+    first_phase = [d for d in split_documents(tokens, BOS) if position[d.index] < 4]
+    assert len(first_phase) == 4
+    for doc in first_phase:
+        n = min(doc.num_targets, 8)
+        x = torch.from_numpy(tokens[doc.start:doc.start + n].astype(np.int64))[None]
+        y = torch.from_numpy(tokens[doc.start + 1:doc.start + 1 + n].astype(np.int64))
+        with torch.no_grad():
+            direct = -torch.log_softmax(model(x)[0].double(), dim=-1)[torch.arange(n), y]
+        np.testing.assert_allclose(token_nll[doc.index][:n], direct.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_document_tokens_and_bytes_are_the_canonical_totals(tiny_corpus, settings):
+    """C4 and §2: per-document token counts sum to the stream's targets, bytes to the decoded UTF-8 length."""
+    import sentencepiece as spm
+
+    from pgolf.shard_format import load_tokens, shard_paths
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_corpus.tokenizer_model))
+    tokens = load_tokens(shard_paths(tiny_corpus.val_dir))
+    luts = byte_luts(sp)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=1, model_dim=16, num_heads=2, num_kv_heads=1, mlp_mult=2,
+                                                rope_base=1e4, logit_softcap=30.0, seq_len=32), sp.vocab_size()))
+    out = evaluate_documents(model, tokens, luts, sp.bos_id(), settings(ttt_batch_docs=8, ttt_chunk_tokens=32), 64, CPU)
+    table = out["docs"]
+    assert len(table["doc_index"]) == tiny_corpus.num_val_docs
+    assert table["tokens"].sum() == out["scored_tokens"] == tokens.size - 1
+    decoded = sum(len(sp.decode(d.tolist()).encode("utf-8")) for d in np.split(tokens, np.flatnonzero(tokens == BOS)[1:]))
+    assert table["bytes"].sum() == out["scored_bytes"] == decoded == count_doc_bytes(tokens, luts)
+    assert sorted(table["position"]) == list(range(tiny_corpus.num_val_docs))
+
+
+def test_warm_up_sees_no_validation_token(monkeypatch, settings):
+    """The warm-up's inputs are the same whatever the validation data: it cannot have seen any of it."""
+    seen, recording = [], [False]
+    real_warm_up = ttt.warm_up
+
+    def spying_warm_up(model, *args, **kwargs):
+        recording[0] = True
+        forward = model.hidden_states
+        model.hidden_states = lambda ids: (seen[-1].append(ids.clone()), forward(ids))[1]
+        try:
+            return real_warm_up(model, *args, **kwargs)
+        finally:
+            del model.hidden_states
+            recording[0] = False
+
+    monkeypatch.setattr(ttt, "warm_up", spying_warm_up)
+    for seed in (0, 1):
+        seen.append([])
+        run(doc_stream(seed), settings())
+    assert len(seen[0]) > 0, "the warm-up ran no forward"
+    assert len(seen[0]) == len(seen[1])
+    for a, b in zip(*seen):
+        assert torch.equal(a, b)
+
+
+def test_settings_name_missing_keys():
+    with pytest.raises(KeyError, match="eval.ttt_lora_rank"):
+        TTTSettings.from_eval_cfg({"seq_len": 64})
+
+
+def test_phase_cuts_beyond_the_documents_are_reported(settings, caplog):
+    with caplog.at_level("WARNING", logger="pgolf.ttt"):
+        run(doc_stream(), settings(ttt_phase_docs=[4, 500]))
+    assert "only cuts inside 1..10 documents apply (2 phase(s))" in caplog.text

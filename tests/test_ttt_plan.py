@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from pgolf.ttt_plan import batches, phase_bounds, processing_order, rank_share, split_documents
+
+
+def test_documents_partition_the_stream_targets():
+    """Each target belongs to exactly one document; a document's last target is the next BOS."""
+    tokens = np.array([1, 5, 6, 1, 7, 1, 1, 8, 9, 9], dtype=np.uint16)
+    docs = split_documents(tokens, bos_id=1)
+    assert [(d.index, d.start, d.num_targets) for d in docs] == [(0, 0, 3), (1, 3, 2), (2, 5, 1), (3, 6, 3)]
+    covered = np.concatenate([np.arange(d.start + 1, d.start + 1 + d.num_targets) for d in docs])
+    assert sorted(covered) == list(range(1, tokens.size))
+
+
+def test_stream_without_leading_bos_is_refused():
+    with pytest.raises(ValueError, match="does not start with BOS"):
+        split_documents(np.array([5, 1, 6], dtype=np.uint16), bos_id=1)
+
+
+def test_phases_cut_in_file_order_and_sort_longest_first():
+    tokens = np.array([1, 4, 1, 4, 4, 4, 1, 4, 4, 1, 4, 4, 4, 4], dtype=np.uint16)
+    docs = split_documents(tokens, bos_id=1)  # targets: 2, 4, 3, 4
+    assert phase_bounds(4, [2, 9, 0]) == [(0, 2), (2, 4)]
+    order = processing_order(docs, [2])
+    assert [[d.index for d in phase] for phase in order] == [[1, 0], [3, 2]]
+    assert [d.index for d in rank_share(order[0] + order[1], 1, 2)] == [0, 2]
+    assert [len(b) for b in batches(docs, 3)] == [3, 1]
