@@ -37,6 +37,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/quantize.smk"
 include: "rules/eval.smk"
+include: "rules/external.smk"
 include: "rules/aggregate.smk"
 
 
