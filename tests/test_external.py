@@ -58,6 +58,8 @@ def test_training_figures_from_both_log_formats():
     assert old["steps"] == 13780 and old["train_seconds"] == pytest.approx(600.038)
     assert old["step_ms"] == 43.54  # the script's own step_avg
     assert parse_training(TTT_LOG)["step_ms"] == pytest.approx(588119 / 4557)
+    cut = "step:13600/20000 train_loss:2.1 train_time:592000ms\nstopping_early: wallclock_cap train_time:600038ms step:13780/20000"
+    assert parse_training(cut)["steps"] == 13780  # the wall clock stopped it between two logged steps
     assert old["reported_total_bytes"] == 15863489 and old["pre_quant_bpb"] == 1.2172
     new = parse_training(TTT_LOG)
     assert new["steps"] == 4557 and new["train_seconds"] == pytest.approx(588.119)
