@@ -3,6 +3,7 @@
 One real run (module fixture, about a minute on 2 cores) in a copy of the workflow; every other test
 reads its results or asks Snakemake what it *would* do with `-n`.
 """
+import json
 import re
 import shutil
 import subprocess
@@ -146,3 +147,60 @@ def test_corrupt_shard_fails_the_job_with_the_file_named_and_no_partial_output(r
         assert not list((workdir / "results/train" / train_key / f"seed{seed}").glob("*")), "partial outputs left"
     finally:
         shard.write_bytes(original)
+
+
+# --- an external training script as a cell (pgolf.external); these rewrite the summary, so they come last ---
+
+EXTERNAL_SCRIPT = "tests/data/external_train_gpt.py"
+
+
+def with_external(workdir: Path, cfg: dict, name: str, grids: dict, only=None) -> str:
+    """The run's config plus grids of external cells, the test script copied into the workflow copy."""
+    (workdir / "tests" / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / EXTERNAL_SCRIPT, workdir / EXTERNAL_SCRIPT)
+    return write_config(workdir, {**cfg, "grids": grids, "only": only}, name)
+
+
+def test_external_script_cells_join_the_summary_beside_pgolfs_baseline(run):
+    workdir, cfg, _ = run
+    grid = {"script": {"external.script": [EXTERNAL_SCRIPT], "external.env": [{"ITERATIONS": 5}, {"ITERATIONS": 10}]}}
+    configfile = with_external(workdir, cfg, "external.yaml", grid)
+    planned = job_counts(snakemake(workdir, "-n", "--configfile", configfile))
+    assert planned["external"] == 2 * len(cfg["seeds"]) and "shards" not in planned  # the same data as pgolf's
+    snakemake(workdir, "--configfile", configfile)
+    assert job_counts(snakemake(workdir, "-n", "--configfile", configfile)) == {}
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t").set_index("ablation")
+    cells = [name for name in summary.index if name.startswith("script__")]
+    assert len(cells) == 2 and "baseline" in summary.index
+    script_bytes = (ROOT / EXTERNAL_SCRIPT).stat().st_size
+    for name in cells:
+        row = summary.loc[name]
+        assert row["script_eval"] and row["score_line"] == "int8_zlib_roundtrip"
+        assert "script_eval: int8_zlib_roundtrip" in row["flags"]
+        assert row["n_seeds"] == len(cfg["seeds"]) and 1.0 < row["val_bpb_mean"] < 20.0
+        assert row["code_bytes"] == script_bytes and row["artifact_bytes_max"] > script_bytes
+        assert not pd.isna(row["p_welch_vs_baseline"]) and not pd.isna(row["delta_bpb_vs_baseline"])
+    assert summary.loc[cells, "steps_mean"].tolist() == [5.0, 10.0]
+    assert not summary.loc["baseline", "script_eval"]
+    key = summary.loc[cells[0], "key_external"]
+    seed = cfg["seeds"][0]
+    run_json = json.loads((workdir / f"results/external/{key}/seed{seed}/external.json").read_text())
+    log = (workdir / f"results/external/{key}/seed{seed}/train.log").read_text()
+    assert f"final_int8_zlib_roundtrip_exact val_loss:{run_json['val_loss']:.8f} val_bpb:{run_json['val_bpb']:.8f}" in log
+
+
+def test_crashing_or_scoreless_script_fails_its_job_with_a_message_and_no_outputs(run):
+    workdir, cfg, _ = run
+    grid = {"bad": {"external.script": [EXTERNAL_SCRIPT], "external.env": [{"CRASH_AT_STEP": 2}, {"SKIP_FINAL_EVAL": 1}]}}
+    configfile = with_external(workdir, cfg, "bad.yaml", grid)
+    proc = snakemake(workdir, "--configfile", configfile, "--keep-going", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"pgolf: external script \S+ failed \(exit \d+\): RuntimeError: CUDA error", text)
+    assert re.search(r"pgolf: external script \S+ printed no score", text)
+    failed = re.findall(r"results/external/(\w+)/seed(\d+)/external\.json", text)
+    assert failed
+    for key, seed in failed:
+        leftovers = list((workdir / "results/external" / key / f"seed{seed}").glob("*"))
+        assert not leftovers, f"partial outputs left: {leftovers}"
+
