@@ -30,6 +30,7 @@ localrules:
     shards,
     compress,
     aggregate,
+    submission,
 
 
 include: "rules/common.smk"
@@ -39,6 +40,7 @@ include: "rules/quantize.smk"
 include: "rules/eval.smk"
 include: "rules/external.smk"
 include: "rules/aggregate.smk"
+include: "rules/submission.smk"
 
 
 rule all:
