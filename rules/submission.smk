@@ -1,5 +1,5 @@
 # submission: results/submission/<ablation>/ is the folder a record PR needs (pgolf.submission), built from
-# the ablation's seeds and its summary row. Ask for it by name: snakemake results/submission/<ablation>
+# the ablation's seeds and its summary row. Ask for it by name: snakemake results/submission/<ablation>/submission.json
 
 
 def submission_seeds(wildcards):
@@ -19,8 +19,11 @@ rule submission:
     input:
         summary=SUMMARY_TSV,
         files=lambda w: [row[kind] for row in submission_seeds(w) for kind in ("train", "log", "artifact", "eval")],
-    output:
-        directory("results/submission/{ablation}"),
+    output:  # files, not directory(): a record folder has no room for Snakemake's timestamp marker
+        readme="results/submission/{ablation}/README.md",
+        summary="results/submission/{ablation}/submission.json",
+        code="results/submission/{ablation}/train_gpt.py",
+        logs=expand("results/submission/{{ablation}}/train_seed{seed}.log", seed=RUNS.seeds),
     wildcard_constraints:
         ablation="[A-Za-z0-9_.-]+",
     params:

@@ -4,6 +4,7 @@ One real run (module fixture, about a minute on 2 cores) in a copy of the workfl
 reads its results or asks Snakemake what it *would* do with `-n`.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,8 +35,8 @@ def merged(base: dict, changes: dict) -> dict:
     return out
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", SUMMARY, "--cores", "2", *args]
+def snakemake(workdir: Path, *args: str, check: bool = True, target: str = SUMMARY) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -204,3 +205,68 @@ def test_crashing_or_scoreless_script_fails_its_job_with_a_message_and_no_output
         leftovers = list((workdir / "results/external" / key / f"seed{seed}").glob("*"))
         assert not leftovers, f"partial outputs left: {leftovers}"
 
+
+# --- submission export (pgolf.submission) ---
+
+# The fields most of the challenge's records/track_10min_16mb/*/submission.json carry, with their types;
+# seed_results entries as the 2026-04-27 record gives them.
+RECORD_FIELDS = {"author": (str, type(None)), "github_id": (str, type(None)), "name": str, "blurb": (str, type(None)),
+                 "date": str, "track": str, "val_loss": float, "val_bpb": float, "val_loss_std": float,
+                 "val_bpb_std": float, "seeds": list, "seed_results": dict, "bytes_total": int, "bytes_code": int,
+                 "hardware": str, "pytorch_version": str}
+SEED_RESULT_FIELDS = {"val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_ms", "eval_time_s"}
+
+
+def challenge_data_dir(workdir: Path, root: Path, vocab_size: int) -> Path:
+    """The challenge's data/ layout (datasets/fineweb10B_sp<V>/, tokenizers/) as links to the run's files."""
+    datasets = root / "datasets" / f"fineweb10B_sp{vocab_size}"
+    datasets.mkdir(parents=True)
+    for split in ("train", "val"):
+        for shard in sorted((workdir / "results/shards").glob(f"*/{split}/*.bin")):
+            (datasets / shard.name).symlink_to(shard)
+    (root / "tokenizers").mkdir()
+    tokenizer = next((workdir / "results/tokenizer").glob("*/tokenizer.model"))
+    (root / "tokenizers" / f"fineweb_{vocab_size}_bpe.model").symlink_to(tokenizer)
+    return root
+
+
+def test_submission_folder_has_the_records_layout_and_fields(run):
+    workdir, cfg, configfile = run
+    snakemake(workdir, "--configfile", configfile, target="results/submission/baseline/submission.json")
+    folder = workdir / "results/submission/baseline"
+    seeds = cfg["seeds"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["README.md", "submission.json", "train_gpt.py", *(f"train_seed{s}.log" for s in seeds)])
+    sub = json.loads((folder / "submission.json").read_text())
+    for field, kind in RECORD_FIELDS.items():
+        assert isinstance(sub[field], kind), f"submission.json {field}: {sub[field]!r}"
+    assert sub["seeds"] == seeds and sub["track"] == "10min_16mb" and sub["name"] == "baseline"
+    assert all(set(r) == SEED_RESULT_FIELDS for r in sub["seed_results"].values())
+    assert sub["bytes_code"] == (folder / "train_gpt.py").stat().st_size
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t").set_index("ablation").loc["baseline"]
+    assert sub["val_bpb"] == pytest.approx(summary["val_bpb_mean"]) and sub["val_bpb_std"] == pytest.approx(summary["val_bpb_std"])
+    readme = (folder / "README.md").read_text()
+    assert all(f"| {s} |" in readme for s in seeds) and "reference" in readme
+    assert "quantized_sliding_window val_loss:" in (folder / f"train_seed{seeds[0]}.log").read_text()
+
+
+def test_exported_train_gpt_alone_reproduces_the_pipelines_val_bpb(run, tmp_path):
+    workdir, cfg, configfile = run
+    folder = workdir / "results/submission/baseline"
+    if not folder.exists():
+        snakemake(workdir, "--configfile", configfile, target="results/submission/baseline/submission.json")
+    seed = cfg["seeds"][0]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    shutil.copy(folder / "train_gpt.py", empty / "train_gpt.py")
+    data = challenge_data_dir(workdir, tmp_path / "data", cfg["tokenizer"]["vocab_size"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the checkout on the path
+    env.update(SEED=str(seed), RUN_ID="repro", DATA_DIR=str(data), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
+    proc = subprocess.run(cmd, cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = float(re.search(r"^quantized_sliding_window val_loss:\S+ val_bpb:(\S+)", proc.stdout, flags=re.M)[1])
+    index = pd.read_csv(workdir / "results/index.tsv", sep="\t").set_index(["ablation", "seed"])
+    eval_json = json.loads((workdir / index.loc[("baseline", seed), "eval_json"]).read_text())
+    assert got == pytest.approx(eval_json["val_bpb"], rel=1e-6)
+    assert (empty / "logs" / "repro.txt").is_file() and (empty / "final_model.pgolf.ptz").is_file()
