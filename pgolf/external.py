@@ -84,8 +84,9 @@ def parse_scores(text: str, patterns: dict[str, str]) -> list[tuple[int, str, fl
     return scores
 
 
-def canonical_score(scores: list[tuple[int, str, float, float]], score: str) -> tuple[str, float, float]:
-    """(pattern name, val_loss, val_bpb) of the canonical line: the last of pattern `score`, or the last of all."""
+def canonical_score(scores: list[tuple[int, str, float, float]], score: str) -> tuple[str, float, float] | None:
+    """(pattern name, val_loss, val_bpb) of the canonical line: the last of pattern `score`, or the last of all;
+    None when there is no such line."""
     chosen = [s for s in scores if score == "last" or s[1] == score]
     if not chosen:
         return None
