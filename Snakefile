@@ -58,7 +58,9 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/quantize.smk"
 include: "rules/eval.smk"
+include: "rules/external.smk"
 include: "rules/aggregate.smk"
+include: "rules/submission.smk"
 
 
 rule all:

@@ -15,6 +15,8 @@ from pgolf.stats import (PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Samp
                          p_less, pooled_std, seeds_needed)
 
 
+# The score_line of rows scored by pgolf's own eval stage (external scripts name their log line's pattern).
+PGOLF_SCORE_LINE = "pgolf_eval"
 # Pod reports name the jobs' wildcards; this maps a wildcard back to its stage.
 WILDCARD_STAGES = {wildcard: stage for stage, wildcard in KEY_WILDCARD.items()}
 
@@ -23,43 +25,82 @@ def load_seed_table(rows: list[dict], expect: dict | None = None) -> pd.DataFram
     """One record per (ablation, seed) with the numbers the summary needs, read from the JSON files."""
     records = []
     for row in rows:
-        train, artifact = read_json(row["train"]), read_json(row["artifact"])
-        scored, prequant = read_json(row["eval"]), read_json(row["prequant"])
-        on_gpu = str(train.get("device", "cpu")).startswith("cuda")
-        eval_gpu_seconds = scored["eval_seconds"] * scored.get("world_size", 1)
-        gpu_seconds = train["train_seconds"] * train["world_size"] + eval_gpu_seconds if on_gpu else 0.0
-        records.append({
-            "ablation": row["ablation"],
-            "seed": row["seed"],
-            "train_log": row.get("train_log"),
-            "val_bpb": scored["val_bpb"],
-            "val_loss": scored["val_loss"],
-            "pre_quant_bpb": prequant["val_bpb"],
-            "artifact_bytes": artifact["total_bytes"],
-            "model_bytes": artifact["model_bytes"],
-            "code_bytes": artifact["code_bytes"],
-            "steps": train["steps"],
-            "step_ms": train["step_ms"],
-            "tokens_per_second": train["tokens_per_second"],
-            "train_seconds": train["train_seconds"],
-            "eval_seconds": scored["eval_seconds"],
-            "world_size": train["world_size"],
-            "device": train["device"],
-            "gpu_hours": gpu_seconds / 3600.0,
-            "provenance": [train.get("provenance"), scored.get("provenance")],
-            "aborted": bool(train.get("aborted")),
-            "gate_tflops": _slowest_device(train, "tflops"),
-            "gate_gbps": _slowest_device(train, "gbps"),
-            "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)
-                      + ([f"aborted ({train['abort_reason']})"] if train.get("aborted") else [])],
-            **{f"key_{stage}": key for stage, key in row["keys"].items()},
-        })
+        record = _external_record(row, expect) if "external" in row else _pgolf_record(row, expect)
+        record.update({f"key_{stage}": key for stage, key in row["keys"].items()})
+        records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def _pgolf_record(row: dict, expect: dict | None) -> dict:
+    """A seed of pgolf's own stack: scored by pgolf's eval of the compressed artifact."""
+    train, artifact = read_json(row["train"]), read_json(row["artifact"])
+    scored, prequant = read_json(row["eval"]), read_json(row["prequant"])
+    on_gpu = str(train.get("device", "cpu")).startswith("cuda")
+    eval_gpu_seconds = scored["eval_seconds"] * scored.get("world_size", 1)
+    gpu_seconds = train["train_seconds"] * train["world_size"] + eval_gpu_seconds if on_gpu else 0.0
+    return {
+        "ablation": row["ablation"],
+        "seed": row["seed"],
+        "train_log": row.get("train_log"),
+        "val_bpb": scored["val_bpb"],
+        "val_loss": scored["val_loss"],
+        "score_line": PGOLF_SCORE_LINE,
+        "pre_quant_bpb": prequant["val_bpb"],
+        "artifact_bytes": artifact["total_bytes"],
+        "model_bytes": artifact["model_bytes"],
+        "code_bytes": artifact["code_bytes"],
+        "steps": train["steps"],
+        "step_ms": train["step_ms"],
+        "tokens_per_second": train["tokens_per_second"],
+        "train_seconds": train["train_seconds"],
+        "eval_seconds": scored["eval_seconds"],
+        "world_size": train["world_size"],
+        "device": train["device"],
+        "gpu_hours": gpu_seconds / 3600.0,
+        "provenance": [train.get("provenance"), scored.get("provenance")],
+        "aborted": bool(train.get("aborted")),
+        "gate_tflops": _slowest_device(train, "tflops"),
+        "gate_gbps": _slowest_device(train, "gbps"),
+        "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(train, artifact, expect, scored)
+                  + ([f"aborted ({train['abort_reason']})"] if train.get("aborted") else [])],
+    }
 
 
 def _slowest_device(train: dict, figure: str) -> float:
     """The GPU gate's figure (tflops, gbps) of the job's slowest device; NaN for a run without a gate."""
     return min((d[figure] for d in (train.get("gate") or {}).get("devices", [])), default=math.nan)
+
+
+def _external_record(row: dict, expect: dict | None) -> dict:
+    """A seed of an external script (pgolf.external): its own score line, flagged script_eval."""
+    run = read_json(row["external"])
+    on_gpu = str(run["device"]).startswith("cuda")
+    nan = lambda value: math.nan if value is None else value  # noqa: E731 (a figure the log did not carry)
+    return {
+        "ablation": row["ablation"],
+        "seed": row["seed"],
+        "train_log": row.get("train_log"),
+        "val_bpb": run["val_bpb"],
+        "val_loss": run["val_loss"],
+        "score_line": run["score_line"],
+        "pre_quant_bpb": nan(run["pre_quant_bpb"]),
+        "artifact_bytes": run["total_bytes"],
+        "model_bytes": run["model_bytes"],
+        "code_bytes": run["code_bytes"],
+        "steps": run["steps"],
+        "step_ms": nan(run["step_ms"]),
+        "tokens_per_second": nan(run["tokens_per_second"]),
+        "train_seconds": run["train_seconds"],
+        "eval_seconds": run["eval_seconds"],
+        "world_size": run["world_size"],
+        "device": run["device"],
+        "gpu_hours": run["wall_seconds"] * run["world_size"] / 3600.0 if on_gpu else 0.0,
+        "provenance": [run.get("provenance")],
+        "aborted": False,  # abort rules act inside pgolf's training loop only
+        "gate_tflops": math.nan,
+        "gate_gbps": math.nan,
+        "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(run, run, expect, run)],
+    }
 
 
 def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
@@ -144,7 +185,8 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
     for name, g in groups.items():
         bpb, loss = Sample.of(g["val_bpb"]), Sample.of(g["val_loss"])
         low, high = ci95(bpb)
-        keys = {stage: g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS}
+        keys = {stage: g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS
+                if f"key_{stage}" in g and isinstance(g[f"key_{stage}"].iloc[0], str)}
         gpu_hours, cost_usd = float(g["gpu_hours"].sum()), float(g["gpu_hours"].sum()) * usd_per_gpu_hour
         cost_source = "estimate"
         if pod_reports:
@@ -160,6 +202,8 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             "val_bpb_ci95_high": high,
             "val_loss_mean": loss.mean,
             "val_loss_std": loss.std,
+            "score_line": ",".join(sorted(set(g["score_line"]))),
+            "script_eval": bool((g["score_line"] != PGOLF_SCORE_LINE).any()),
             "pre_quant_bpb_mean": float(g["pre_quant_bpb"].mean()),
             "quant_gap_bpb": bpb.mean - float(g["pre_quant_bpb"].mean()),
             "artifact_bytes_max": int(g["artifact_bytes"].max()),
@@ -211,6 +255,8 @@ def _flags(row: dict) -> list[str]:
     flags = []
     if row["n_seeds"] < 3:
         flags.append("fewer_than_3_seeds")
+    if row["script_eval"]:  # the script's own evaluation, not pgolf's eval of its artifact
+        flags.append(f"script_eval: {row['score_line']}")
     return flags
 
 
@@ -221,7 +267,8 @@ def write_summary(rows: list[dict], baseline: str, reference: dict | None, usd_p
                         n_seeds=len({r["seed"] for r in rows}))
     index = pd.DataFrame.from_records(
         [{"ablation": r["ablation"], "seed": r["seed"], **{f"key_{s}": k for s, k in r["keys"].items()},
-          "eval_json": r["eval"], "train_json": r["train"], "artifact_json": r["artifact"]} for r in rows])
+          **{f"{kind}_json": r[kind] for kind in ("eval", "train", "artifact", "external") if kind in r}}
+         for r in rows])
     for frame, path, writer in ((summary, out_tsv, "tsv"), (summary, out_parquet, "parquet"), (index, out_index, "tsv")):
         with atomic_path(path) as tmp:
             if writer == "tsv":

@@ -96,8 +96,10 @@ class F(importlib.abc.MetaPathFinder,importlib.abc.InspectLoader):
  def get_source(s,n):return S.get(n)
  def get_code(s,n):return compile(S[n],"packed:"+n,"exec")
 sys.meta_path.insert(0,F())
-if __name__=="__main__"and len(sys.argv)>1:sys.argv=sys.argv[1:];runpy.run_module(sys.argv[0],run_name="__main__")
 '''
+# code.py runs the module its first argument names; an exported train_gpt.py runs one fixed module.
+_RUN_ARGV = 'if __name__=="__main__"and len(sys.argv)>1:sys.argv=sys.argv[1:];runpy.run_module(sys.argv[0],run_name="__main__")\n'
+_RUN_FIXED = 'if __name__=="__main__":runpy.run_module("%s",run_name="__main__")\n'
 
 
 def _module_path(root: Path, mod: str) -> Path:
@@ -172,11 +174,14 @@ def packed_sources_sha256(entry_modules=CODE_ENTRY_MODULES, root: Path | None = 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def pack_code(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None) -> bytes:
-    """The packed code file's bytes (latin-1 source: write them as they are)."""
-    sources = packed_sources(entry_modules, root)
+def pack_code(entry_modules=CODE_ENTRY_MODULES, root: Path | None = None, extra_sources: dict | None = None,
+              run_module: str | None = None) -> bytes:
+    """The packed code file's bytes (latin-1 source: write them as they are). `extra_sources` adds modules
+    ({name: source}); `run_module` makes the file run that module when executed, whatever its arguments."""
+    sources = {**packed_sources(entry_modules, root), **{m: minify(s) for m, s in (extra_sources or {}).items()}}
     packed = lzma.compress(json.dumps(sources, separators=(",", ":")).encode(), preset=9 | lzma.PRESET_EXTREME)
-    return _STUB.format(blob=latin1_literal(packed)).encode("latin-1")
+    tail = _RUN_FIXED % run_module if run_module else _RUN_ARGV
+    return (_STUB.format(blob=latin1_literal(packed)) + tail).encode("latin-1")
 
 
 def compress_artifact(quant_bin, cfg: dict, out_blob, out_code, out_artifact_json) -> dict:

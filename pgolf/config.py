@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from pgolf.consistency import batch_split_errors, model_shape_errors
+from pgolf.external import config_errors as external_config_errors
 
 # Which config sections each stage depends on, its own last. Order matters only for readability.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -31,14 +32,23 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "eval": ("docs", "tokenizer", "shards", "abort", "train", "quant", "compress", "eval"),
     # the unquantized EMA model scored with the same eval settings: the quantization gap
     "prequant": ("docs", "tokenizer", "shards", "abort", "train", "eval"),
+    # an external training script (pgolf.external): trains, quantizes and scores itself; `train` gives
+    # its GPU count and wall clock
+    "external": ("docs", "tokenizer", "shards", "train", "external"),
 }
+# The stages an ablation runs: pgolf's own stack, or an external script on the same data.
+PGOLF_STAGES = ("docs", "tokenizer", "shards", "train", "quant", "compress", "eval", "prequant")
+EXTERNAL_STAGES = ("docs", "tokenizer", "shards", "external")
+# Every config section an ablation may override.
+OVERRIDABLE_SECTIONS = tuple(dict.fromkeys(s for sections in STAGE_SECTIONS.values() for s in sections))
 KEY_HEX_CHARS = 10
 # The one home of every key's default (`default:`); Snakemake's validate fills them into the config.
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 # The Snakemake wildcard that carries each stage's key in rules/common.smk's path templates.
 KEY_WILDCARD: dict[str, str] = {"docs": "docs_key", "tokenizer": "tok_key", "shards": "shards_key",
                                 "train": "train_key", "quant": "quant_key", "compress": "compress_key",
-                                "eval": "eval_key", "prequant": "prequant_key"}
+                                "eval": "eval_key", "prequant": "prequant_key",
+                                "external": "external_key"}
 
 
 def stage_key(cfg: dict, stage: str) -> str:
@@ -53,9 +63,9 @@ def apply_overrides(base: dict, overrides: dict, ablation: str) -> dict:
     cfg = copy.deepcopy(base)
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        if section not in STAGE_SECTIONS["eval"] or not key:
+        if section not in OVERRIDABLE_SECTIONS or not key:
             raise ValueError(f"ablation {ablation!r}: override key {dotted!r} must be <section>.<key> "
-                             f"with section one of {list(STAGE_SECTIONS['eval'])}")
+                             f"with section one of {list(OVERRIDABLE_SECTIONS)}")
         if key not in cfg[section]:
             raise ValueError(f"ablation {ablation!r}: unknown key {dotted!r} "
                              f"(known: {', '.join(sorted(cfg[section]))})")
@@ -94,6 +104,15 @@ class Ablation:
     cfg: dict
     keys: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def external(self) -> bool:
+        """True when an external training script (config `external.script`) replaces pgolf's stack."""
+        return bool((self.cfg.get("external") or {}).get("script"))
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return EXTERNAL_STAGES if self.external else PGOLF_STAGES
+
 
 class RunTable:
     """All ablations of a config, their resolved configs and stage keys, and key → params lookups."""
@@ -109,7 +128,8 @@ class RunTable:
             if schema is not None:
                 validate_config(resolved, schema, where=f"ablation {name!r}")
             check_consistency(resolved, where=f"ablation {name!r}")
-            ablation = Ablation(name, resolved, {s: stage_key(resolved, s) for s in STAGE_SECTIONS})
+            ablation = Ablation(name, resolved)
+            ablation.keys = {s: stage_key(resolved, s) for s in ablation.stages}
             self.ablations[name] = ablation
             for stage, key in ablation.keys.items():
                 self._by_key[stage].setdefault(key, ablation)
@@ -172,6 +192,8 @@ def config_errors(cfg: dict) -> list[str]:
     errors += batch_split_errors(train["batch_tokens"], train["seq_len"], train["nproc"], train["grad_accum_steps"])
     if evaluation["stride"] > evaluation["seq_len"]:
         errors.append("eval.stride must not exceed eval.seq_len")
+    if cfg.get("external"):
+        errors += external_config_errors(cfg["external"])
     return errors
 
 

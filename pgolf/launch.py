@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,25 +22,24 @@ TRAIN_FILES = ("model.pt", "hessians.pt", "train.log", "train.json")
 REPO_ROOT = Path(pgolf.__file__).resolve().parents[1]
 
 
-def torchrun_command(nproc: int, module: str, args: list, python: str = sys.executable) -> list[str]:
+def torchrun_prefix(nproc: int, python: str = sys.executable) -> list[str]:
     """`python -m torch.distributed.run` rather than `torchrun`, so the launcher is the venv's own."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", module, *(str(a) for a in args)]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def torchrun_command(nproc: int, module: str, args: list, python: str = sys.executable) -> list[str]:
+    return [*torchrun_prefix(nproc, python), "-m", module, *(str(a) for a in args)]
 
 
 @contextmanager
 def _scratch(parent: Path, prefix: str, cfg: dict):
     """A scratch directory inside `parent` holding the ranks' params.json, removed whatever happens: the
     ranks write there, and their files move to the rule's outputs only after every rank exited cleanly."""
-    parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
+    with io.scratch_dir(parent, prefix) as scratch:
         io.write_json(scratch / "params.json", cfg)
         yield scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_logged(cmd: list[str], log_path, threads: int, nproc: int, what: str, placement: Placement = CPU_JOB,

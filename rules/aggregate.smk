@@ -4,7 +4,7 @@
 
 rule aggregate:
     input:
-        [row[kind] for row in seed_rows() for kind in ("train", "train_log", "artifact", "eval", "prequant")],
+        [row[kind] for row in seed_rows() for kind in ("train", "train_log", "artifact", "eval", "prequant", "external") if kind in row],
     output:
         tsv=report(SUMMARY_TSV, category="Summary", caption="../docs/report/summary.rst"),
         parquet=SUMMARY_PARQUET,

@@ -13,6 +13,7 @@ wildcard_constraints:
     compress_key="[0-9a-f]{10}",
     eval_key="[0-9a-f]{10}",
     prequant_key="[0-9a-f]{10}",
+    external_key="[0-9a-f]{10}",
     seed="[0-9]+",
 
 
@@ -34,6 +35,9 @@ ARTIFACT_CODE = "results/artifact/{compress_key}/seed{seed}/code.py"
 ARTIFACT_JSON = "results/artifact/{compress_key}/seed{seed}/artifact.json"
 EVAL_JSON = "results/eval/{eval_key}/seed{seed}/eval.json"
 PREQUANT_JSON = "results/eval_prequant/{prequant_key}/seed{seed}/eval.json"
+EXTERNAL_JSON = "results/external/{external_key}/seed{seed}/external.json"
+EXTERNAL_LOG = "results/external/{external_key}/seed{seed}/train.log"
+EXTERNAL_ARTIFACT = "results/external/{external_key}/seed{seed}/artifact"
 
 SUMMARY_TSV = "results/ablation_summary.tsv"
 SUMMARY_PARQUET = "results/ablation_summary.parquet"
@@ -107,12 +111,22 @@ def quant_gpus(wildcards):
     return min(1, _gpus(stage_config("quant", wildcards)["train"]))
 
 
+def external_files(wildcards):
+    """The external script's sibling files (external.files, relative to the script's directory)."""
+    cfg = RUNS.params("external", wildcards.external_key)
+    return [str(Path(cfg["script"]).parent / name) for name in cfg["files"]]
+
+
 def seed_rows():
     """One row per (ablation, seed) naming every JSON the aggregate reads, plus the stage keys."""
     rows = []
     for ablation in RUNS.ablations.values():
         k = ablation.keys
         for seed in RUNS.seeds:
+            if ablation.external:
+                json_path = EXTERNAL_JSON.format(external_key=k["external"], seed=seed)
+                rows.append({"ablation": ablation.name, "seed": seed, "keys": k, "external": json_path})
+                continue
             rows.append({
                 "ablation": ablation.name,
                 "seed": seed,

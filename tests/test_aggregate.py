@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from pgolf.aggregate import write_summary
-from pgolf.config import STAGE_SECTIONS
+from pgolf.config import PGOLF_STAGES
 
 BPB = {"baseline": [1.2250, 1.2240, 1.2246], "better": [1.2150, 1.2160, 1.2148]}
 LOSS_PER_BPB = 2.0  # any fixed ratio: val_loss tracks val_bpb for one tokenizer and val set
@@ -30,7 +30,7 @@ def write_seed(tmp_path, ablation, seed, bpb, total_bytes=15_000_000, step_ms=40
         path.write_text(json.dumps(content))
         row[kind] = str(path)
     train_key = "a" * 10 if ablation == "baseline" else "b" * 10
-    row["keys"] = {stage: (train_key if stage == "train" else stage[:1] * 10) for stage in STAGE_SECTIONS}
+    row["keys"] = {stage: (train_key if stage == "train" else stage[:1] * 10) for stage in PGOLF_STAGES}
     return row
 
 
@@ -178,3 +178,35 @@ def test_gate_columns_give_the_slowest_device_over_seeds(tmp_path):
     assert summary.loc["baseline"]["gate_tflops_min"] == 600.0 - 20 - 7
     assert summary.loc["baseline"]["gate_gbps_min"] == 2900.0 - 2 - 7
     assert math.isnan(summary.loc["better"]["gate_tflops_min"])  # no gate ran: no figure
+
+
+def write_external_seed(tmp_path, ablation, seed, bpb, wall_seconds=700.0):
+    """One seed of an external script as pgolf.external writes it (external.json)."""
+    path = tmp_path / ablation / str(seed) / "external.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "val_bpb": bpb, "val_loss": bpb * LOSS_PER_BPB, "score_line": "sliding_window", "pre_quant_bpb": None,
+        "total_bytes": 15_500_000, "model_bytes": 15_480_000, "code_bytes": 20_000, "steps": 90, "step_ms": 44.0,
+        "tokens_per_second": None, "train_seconds": 600.0, "eval_seconds": 100.0, "wall_seconds": wall_seconds,
+        "world_size": 8, "device": "cuda"}))
+    keys = {"docs": "d" * 10, "tokenizer": "t" * 10, "shards": "s" * 10, "external": "e" * 10}
+    return {"ablation": ablation, "seed": seed, "keys": keys, "external": str(path)}
+
+
+def test_external_rows_are_tested_like_any_and_flagged_script_eval(tmp_path):
+    rows = [write_seed(tmp_path, "baseline", seed, v) for seed, v in enumerate(BPB["baseline"])]
+    rows += [write_external_seed(tmp_path, "record", seed, v) for seed, v in enumerate(BPB["better"])]
+    pods = tmp_path / "pods"
+    pods.mkdir()  # the baseline's training pod: its train key must not be billed to the external cell
+    (pods / "train.json").write_text(json.dumps({"wildcards": {"train_key": "a" * 10, "seed": "0"}, "gpu_hours": 1.0}))
+    (pods / "ext.json").write_text(json.dumps({"wildcards": {"external_key": "e" * 10, "seed": "1"}, "gpu_hours": 2.0}))
+    summary = summary_of(tmp_path, rows, expect={"step_ms_max": 40.0}, pods_dir=pods)
+    record = summary.loc["record"]
+    assert record["script_eval"] and record["score_line"] == "sliding_window"
+    assert "script_eval: sliding_window" in record["flags"] and "slow_steps: step_ms 44.00" in record["flags"]
+    assert not summary.loc["baseline", "script_eval"] and summary.loc["baseline", "score_line"] == "pgolf_eval"
+    welch = stats.ttest_ind(BPB["better"], BPB["baseline"], equal_var=False, alternative="less").pvalue
+    assert record["p_welch_vs_baseline"] == pytest.approx(welch)
+    assert record["artifact_bytes_max"] == 15_500_000 and record["code_bytes"] == 20_000
+    assert math.isnan(record["pre_quant_bpb_mean"]) and record["steps_mean"] == 90
+    assert record["gpu_hours"] == 2.0 and summary.loc["baseline", "gpu_hours"] == 1.0

@@ -86,6 +86,24 @@ def test_grids_expand_into_named_cells(cfg):
     assert table.ablations["g__mlp_mult=2__bits=5"].keys["train"] == table.ablations["baseline"].keys["train"]
 
 
+def test_an_external_ablation_has_the_data_stages_and_its_own_only(cfg):
+    cfg["ablations"]["ext"] = {"external.script": "train_gpt.py", "external.env": {"ITERATIONS": 5}}
+    cfg["ablations"]["ext_longer"] = {"external.script": "train_gpt.py", "external.env": {"ITERATIONS": 9}}
+    table = RunTable(cfg, load_schema(SCHEMA_PATH))
+    ext, base = table.ablations["ext"], table.ablations["baseline"]
+    assert ext.external and not base.external
+    assert list(ext.keys) == ["docs", "tokenizer", "shards", "external"] and "external" not in base.keys
+    assert ext.keys["shards"] == base.keys["shards"]  # the same data as pgolf's cells
+    assert table.ablations["ext_longer"].keys["external"] != ext.keys["external"]
+    assert table.params("external", ext.keys["external"])["env"] == {"ITERATIONS": 5}
+
+
+def test_an_external_env_variable_set_from_the_dag_is_named(cfg):
+    cfg["ablations"]["ext"] = {"external.script": "train_gpt.py", "external.env": {"DATA_PATH": "/elsewhere"}}
+    with pytest.raises(ValueError, match=r"ablation 'ext': external.env.DATA_PATH is set from the DAG"):
+        RunTable(cfg, load_schema(SCHEMA_PATH))
+
+
 def test_missing_baseline_is_named(cfg):
     cfg["baseline"] = "nope"
     with pytest.raises(ValueError, match="config key 'baseline'"):
@@ -173,10 +191,11 @@ def test_config_errors_covers_every_section():
     cfg = {"docs": {"num_docs": 10, "num_val_docs": 10},
            "train": dict(model_dim=64, num_heads=4, num_kv_heads=3, num_layers=4, rope_dims=None, loop_layers=[1, 2],
                          batch_tokens=100, seq_len=32, nproc=1, grad_accum_steps=1),
-           "eval": {"stride": 64, "seq_len": 32}}
+           "eval": {"stride": 64, "seq_len": 32},
+           "external": {**section_defaults("external"), "env": {"SEED": 1}}}
     errors = config_errors(cfg)
     named = [e.split()[0].split("=")[0] for e in errors]
-    assert named == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens", "eval.stride"]
+    assert named == ["docs.num_val_docs", "train.num_heads", "train.batch_tokens", "eval.stride", "external.env.SEED"]
 
 
 def test_two_gpu_smoke_overlay_is_the_record_on_real_text_one_gpu_per_seed(shared_data):

@@ -3,6 +3,8 @@
 One real run (module fixture, about a minute on 2 cores) in a copy of the workflow; every other test
 reads its results or asks Snakemake what it *would* do with `-n`.
 """
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,8 +35,8 @@ def merged(base: dict, changes: dict) -> dict:
     return out
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", SUMMARY, "--cores", "2", *args]
+def snakemake(workdir: Path, *args: str, check: bool = True, target: str = SUMMARY) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -190,3 +192,125 @@ def test_the_terminal_shows_docs_bar_and_training_progress(run):
     assert re.search(r"docs: 100%\|.*\| 240/240", terminal)  # the docs stage's bar
     steps = cfg["train"]["max_steps"]
     assert re.search(rf"training \w+_seed1: step {steps}/{steps} loss [0-9.]+, [0-9.]+ ms/step, ETA 0:00:00", terminal)
+
+
+# --- an external training script as a cell (pgolf.external); these rewrite the summary, so they come last ---
+
+EXTERNAL_SCRIPT = "tests/data/external_train_gpt.py"
+
+
+def with_external(workdir: Path, cfg: dict, name: str, grids: dict, only=None) -> str:
+    """The run's config plus grids of external cells, the test script copied into the workflow copy."""
+    (workdir / "tests" / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / EXTERNAL_SCRIPT, workdir / EXTERNAL_SCRIPT)
+    return write_config(workdir, {**cfg, "grids": grids, "only": only}, name)
+
+
+def test_external_script_cells_join_the_summary_beside_pgolfs_baseline(run):
+    workdir, cfg, _ = run
+    grid = {"script": {"external.script": [EXTERNAL_SCRIPT], "external.env": [{"ITERATIONS": 5}, {"ITERATIONS": 10}]}}
+    configfile = with_external(workdir, cfg, "external.yaml", grid)
+    planned = job_counts(snakemake(workdir, "-n", "--configfile", configfile))
+    assert planned["external"] == 2 * len(cfg["seeds"]) and "shards" not in planned  # the same data as pgolf's
+    snakemake(workdir, "--configfile", configfile)
+    assert job_counts(snakemake(workdir, "-n", "--configfile", configfile)) == {}
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t").set_index("ablation")
+    cells = [name for name in summary.index if name.startswith("script__")]
+    assert len(cells) == 2 and "baseline" in summary.index
+    script_bytes = (ROOT / EXTERNAL_SCRIPT).stat().st_size
+    for name in cells:
+        row = summary.loc[name]
+        assert row["script_eval"] and row["score_line"] == "int8_zlib_roundtrip"
+        assert "script_eval: int8_zlib_roundtrip" in row["flags"]
+        assert row["n_seeds"] == len(cfg["seeds"]) and 1.0 < row["val_bpb_mean"] < 20.0
+        assert row["code_bytes"] == script_bytes and row["artifact_bytes_max"] > script_bytes
+        assert not pd.isna(row["p_welch_vs_baseline"]) and not pd.isna(row["delta_bpb_vs_baseline"])
+    assert summary.loc[cells, "steps_mean"].tolist() == [5.0, 10.0]
+    assert not summary.loc["baseline", "script_eval"]
+    key = summary.loc[cells[0], "key_external"]
+    seed = cfg["seeds"][0]
+    run_json = json.loads((workdir / f"results/external/{key}/seed{seed}/external.json").read_text())
+    log = (workdir / f"results/external/{key}/seed{seed}/train.log").read_text()
+    assert f"final_int8_zlib_roundtrip_exact val_loss:{run_json['val_loss']:.8f} val_bpb:{run_json['val_bpb']:.8f}" in log
+
+
+def test_crashing_or_scoreless_script_fails_its_job_with_a_message_and_no_outputs(run):
+    workdir, cfg, _ = run
+    grid = {"bad": {"external.script": [EXTERNAL_SCRIPT], "external.env": [{"CRASH_AT_STEP": 2}, {"SKIP_FINAL_EVAL": 1}]}}
+    configfile = with_external(workdir, cfg, "bad.yaml", grid)
+    proc = snakemake(workdir, "--configfile", configfile, "--keep-going", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"pgolf: external script \S+ failed \(exit \d+\): RuntimeError: CUDA error", text)
+    assert re.search(r"pgolf: external script \S+ printed no score", text)
+    failed = re.findall(r"results/external/(\w+)/seed(\d+)/external\.json", text)
+    assert failed
+    for key, seed in failed:
+        leftovers = list((workdir / "results/external" / key / f"seed{seed}").glob("*"))
+        assert not leftovers, f"partial outputs left: {leftovers}"
+
+
+# --- submission export (pgolf.submission) ---
+
+# The fields most of the challenge's records/track_10min_16mb/*/submission.json carry, with their types;
+# seed_results entries as the 2026-04-27 record gives them.
+RECORD_FIELDS = {"author": (str, type(None)), "github_id": (str, type(None)), "name": str, "blurb": (str, type(None)),
+                 "date": str, "track": str, "val_loss": float, "val_bpb": float, "val_loss_std": float,
+                 "val_bpb_std": float, "seeds": list, "seed_results": dict, "bytes_total": int, "bytes_code": int,
+                 "hardware": str, "pytorch_version": str}
+SEED_RESULT_FIELDS = {"val_loss", "val_bpb", "artifact_bytes", "steps", "step_avg_ms", "eval_time_s"}
+
+
+def challenge_data_dir(workdir: Path, root: Path, vocab_size: int) -> Path:
+    """The challenge's data/ layout (datasets/fineweb10B_sp<V>/, tokenizers/) as links to the run's files."""
+    datasets = root / "datasets" / f"fineweb10B_sp{vocab_size}"
+    datasets.mkdir(parents=True)
+    for split in ("train", "val"):
+        for shard in sorted((workdir / "results/shards").glob(f"*/{split}/*.bin")):
+            (datasets / shard.name).symlink_to(shard)
+    (root / "tokenizers").mkdir()
+    tokenizer = next((workdir / "results/tokenizer").glob("*/tokenizer.model"))
+    (root / "tokenizers" / f"fineweb_{vocab_size}_bpe.model").symlink_to(tokenizer)
+    return root
+
+
+def test_submission_folder_has_the_records_layout_and_fields(run):
+    workdir, cfg, configfile = run
+    snakemake(workdir, "--configfile", configfile, target="results/submission/baseline/submission.json")
+    folder = workdir / "results/submission/baseline"
+    seeds = cfg["seeds"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["README.md", "submission.json", "train_gpt.py", *(f"train_seed{s}.log" for s in seeds)])
+    sub = json.loads((folder / "submission.json").read_text())
+    for field, kind in RECORD_FIELDS.items():
+        assert isinstance(sub[field], kind), f"submission.json {field}: {sub[field]!r}"
+    assert sub["seeds"] == seeds and sub["track"] == "10min_16mb" and sub["name"] == "baseline"
+    assert all(set(r) == SEED_RESULT_FIELDS for r in sub["seed_results"].values())
+    assert sub["bytes_code"] == (folder / "train_gpt.py").stat().st_size
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t").set_index("ablation").loc["baseline"]
+    assert sub["val_bpb"] == pytest.approx(summary["val_bpb_mean"]) and sub["val_bpb_std"] == pytest.approx(summary["val_bpb_std"])
+    readme = (folder / "README.md").read_text()
+    assert all(f"| {s} |" in readme for s in seeds) and "reference" in readme
+    assert "quantized_sliding_window val_loss:" in (folder / f"train_seed{seeds[0]}.log").read_text()
+
+
+def test_exported_train_gpt_alone_reproduces_the_pipelines_val_bpb(run, tmp_path):
+    workdir, cfg, configfile = run
+    folder = workdir / "results/submission/baseline"
+    if not folder.exists():
+        snakemake(workdir, "--configfile", configfile, target="results/submission/baseline/submission.json")
+    seed = cfg["seeds"][0]
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    shutil.copy(folder / "train_gpt.py", empty / "train_gpt.py")
+    data = challenge_data_dir(workdir, tmp_path / "data", cfg["tokenizer"]["vocab_size"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the checkout on the path
+    env.update(SEED=str(seed), RUN_ID="repro", DATA_DIR=str(data), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train_gpt.py"]
+    proc = subprocess.run(cmd, cwd=empty, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = float(re.search(r"^quantized_sliding_window val_loss:\S+ val_bpb:(\S+)", proc.stdout, flags=re.M)[1])
+    index = pd.read_csv(workdir / "results/index.tsv", sep="\t").set_index(["ablation", "seed"])
+    eval_json = json.loads((workdir / index.loc[("baseline", seed), "eval_json"]).read_text())
+    assert got == pytest.approx(eval_json["val_bpb"], rel=1e-6)
+    assert (empty / "logs" / "repro.txt").is_file() and (empty / "final_model.pgolf.ptz").is_file()
