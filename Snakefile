@@ -64,6 +64,6 @@ include: "rules/submission.smk"
 
 
 rule all:
+    default_target: True
     input:
         SUMMARY_TSV,
-    default_target: True

@@ -34,8 +34,9 @@ def reference(q, k, v):
 
 def inputs(b, t, hq, hkv, d, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    mk = lambda h: torch.randn(b, t, h, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
-    q, k, v = mk(hq), mk(hkv), mk(hkv)
+    def make(heads):
+        return torch.randn(b, t, heads, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_(True)
+    q, k, v = make(hq), make(hkv), make(hkv)
     grad = torch.randn(b, t, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
     return q, k, v, grad
 
@@ -48,7 +49,8 @@ def errors(fn, b, t, hq, hkv, d):
     qf, kf, vf = (x.detach().float().requires_grad_(True) for x in (q, k, v))
     ref = reference(qf, kf, vf)
     rq, rk, rv = torch.autograd.grad(ref, (qf, kf, vf), grad.float())
-    err = lambda a, r: (a.float() - r).abs().max().item()
+    def err(a, r):
+        return (a.float() - r).abs().max().item()
     return {"out": err(out, ref), "dq": err(gq, rq), "dk": err(gk, rk), "dv": err(gv, rv)}
 
 
@@ -71,9 +73,8 @@ def main():
             torch.autograd.grad(o, (q, k, v), grad)
             torch.cuda.synchronize()
             first_s = time.perf_counter() - t0
-            fwd = lambda: fn(q, k, v)
-            fwd_bwd = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
-            row = {"first_call_s": first_s, "fwd_ms": time_ms(fwd, a.iters), "fwd_bwd_ms": time_ms(fwd_bwd, a.iters)}
+            row = {"first_call_s": first_s, "fwd_ms": time_ms(lambda: fn(q, k, v), a.iters),
+                   "fwd_bwd_ms": time_ms(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad), a.iters)}
             row["fwd_tflops"] = fwd_flop / row["fwd_ms"] / 1e9
             row["bwd_tflops"] = 2.5 * fwd_flop / (row["fwd_bwd_ms"] - row["fwd_ms"]) / 1e9
             row["max_abs_err_vs_fp32"] = errors(fn, 2, t, hq, hkv, d)

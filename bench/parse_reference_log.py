@@ -89,7 +89,8 @@ def parse(text: str, skip: int, batch_tokens=None, peak_tflops=790.0):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("log")
-    ap.add_argument("--skip", type=int, default=3, help="steps to skip at the start of each phase (first logged step >= phase start + skip is used)")
+    ap.add_argument("--skip", type=int, default=3,
+                    help="steps to skip at the start of each phase (first logged step >= phase start + skip is used)")
     ap.add_argument("--batch-tokens", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=790.0)
     ap.add_argument("--json", default=None, help="also write the result here")

@@ -14,7 +14,8 @@ val_bpb without sliding windows (stride = seq_len) and the quantized one with th
 prequant/full, prequant/sliding, quantized/full, quantized/sliding. "quantized" is the model rebuilt
 from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same blob scored with the
 `ttt` ablation of the config (the record's phased score-first LoRA TTT; `--ttt-set` overrides its eval
-keys, e.g. phases scaled to a small validation set), so its gain over quantized/sliding is TTT's alone. Writes OUT/quality.json and prints one line per score.
+keys, e.g. phases scaled to a small validation set), so its gain over quantized/sliding is TTT's alone.
+Writes OUT/quality.json and prints one line per score.
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse

@@ -434,8 +434,9 @@ def write_outputs(out_dir: Path, model_config: ModelConfig, state: dict, hessian
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pgolf.train", description="pgolf train stage: train shards + tokenizer -> EMA model, GPTQ Hessians, "
-                                     "train.log, train.json")
+    parser = argparse.ArgumentParser(prog="python -m pgolf.train",
+                                     description="pgolf train stage: train shards + tokenizer -> EMA model, "
+                                                 "GPTQ Hessians, train.log, train.json")
     parser.add_argument("--config", required=True, help="params.json: the train config section")
     parser.add_argument("--train-dir", required=True, help="directory of fineweb_train_*.bin shards")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model (gives vocab_size)")

@@ -4,14 +4,23 @@
 
 rule aggregate:
     input:
-        [row[kind] for row in seed_rows() for kind in ("train", "train_log", "artifact", "eval", "prequant", "external") if kind in row],
+        [
+            row[kind]
+            for row in seed_rows()
+            for kind in ("train", "train_log", "artifact", "eval", "prequant", "external")
+            if kind in row
+        ],
+    # one PNG per pgolf.figures.FIGURES, each with its caption in docs/report/
     output:
+        **{
+            name: report(FIGURE_PNG.format(name=name), category="Figures", caption=f"../docs/report/{name}.rst")
+            for name in FIGURES
+        },
         tsv=report(SUMMARY_TSV, category="Summary", caption="../docs/report/summary.rst"),
         parquet=SUMMARY_PARQUET,
         index=INDEX_TSV,
-        # one PNG per pgolf.figures.FIGURES, each with its caption in docs/report/
-        **{name: report(FIGURE_PNG.format(name=name), category="Figures", caption=f"../docs/report/{name}.rst")
-           for name in FIGURES},
+    log:
+        "results/logs/aggregate.log",
     params:
         rows=seed_rows(),
         baseline=RUNS.baseline,
@@ -19,7 +28,5 @@ rule aggregate:
         usd_per_gpu_hour=config["cost"]["usd_per_gpu_hour"],
         expect=config["expect"],
         pods_dir=POD_REPORTS_DIR,
-    log:
-        "results/logs/aggregate.log",
     script:
         "../workflow/scripts/aggregate.py"

@@ -127,14 +127,32 @@ def seed_rows():
                 json_path = EXTERNAL_JSON.format(external_key=k["external"], seed=seed)
                 rows.append({"ablation": ablation.name, "seed": seed, "keys": k, "external": json_path})
                 continue
-            rows.append({
-                "ablation": ablation.name,
-                "seed": seed,
-                "keys": k,
-                "train": TRAIN_JSON.format(train_key=k["train"], seed=seed),
-                "train_log": TRAIN_LOG.format(train_key=k["train"], seed=seed),
-                "artifact": ARTIFACT_JSON.format(compress_key=k["compress"], seed=seed),
-                "eval": EVAL_JSON.format(eval_key=k["eval"], seed=seed),
-                "prequant": PREQUANT_JSON.format(prequant_key=k["prequant"], seed=seed),
-            })
+            rows.append(
+                {
+                    "ablation": ablation.name,
+                    "seed": seed,
+                    "keys": k,
+                    "train": TRAIN_JSON.format(train_key=k["train"], seed=seed),
+                    "train_log": TRAIN_LOG.format(train_key=k["train"], seed=seed),
+                    "artifact": ARTIFACT_JSON.format(compress_key=k["compress"], seed=seed),
+                    "eval": EVAL_JSON.format(eval_key=k["eval"], seed=seed),
+                    "prequant": PREQUANT_JSON.format(prequant_key=k["prequant"], seed=seed),
+                }
+            )
     return rows
+
+
+def submission_seeds(wildcards):
+    """Per seed of the ablation: its train.json, train.log, artifact.json and eval.json."""
+    ablation = RUNS.ablations.get(wildcards.ablation)
+    if ablation is None:
+        raise ValueError(
+            f"results/submission/{wildcards.ablation}: no ablation of that name (have: {', '.join(RUNS.ablations)})"
+        )
+    if ablation.external:
+        raise ValueError(
+            f"results/submission/{wildcards.ablation}: an external script's ablation; "
+            "its own script and logs are its submission"
+        )
+    rows = [row for row in seed_rows() if row["ablation"] == wildcards.ablation]
+    return [{**row, "log": TRAIN_LOG.format(train_key=row["keys"]["train"], seed=row["seed"])} for row in rows]

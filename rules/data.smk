@@ -5,10 +5,10 @@ rule docs:
     output:
         jsonl=DOCS_JSONL,
         meta=DOCS_META,
-    params:
-        cfg=stage_params("docs"),
     log:
         "results/logs/docs/{docs_key}.log",
+    params:
+        cfg=stage_params("docs"),
     script:
         "../workflow/scripts/docs.py"
 
@@ -19,11 +19,11 @@ rule tokenizer:
     output:
         model=TOKENIZER_MODEL,
         meta=TOKENIZER_META,
+    log:
+        "results/logs/tokenizer/{tok_key}.log",
     params:
         cfg=stage_params("tokenizer"),
         num_val_docs=lambda w: stage_config("tokenizer", w)["docs"]["num_val_docs"],
-    log:
-        "results/logs/tokenizer/{tok_key}.log",
     script:
         "../workflow/scripts/tokenizer.py"
 
@@ -35,10 +35,10 @@ rule shards:
         train=directory(TRAIN_SHARDS),
         val=directory(VAL_SHARDS),
         manifest=SHARDS_MANIFEST,
+    log:
+        "results/logs/shards/{shards_key}.log",
     params:
         cfg=stage_params("shards"),
         num_val_docs=lambda w: stage_config("shards", w)["docs"]["num_val_docs"],
-    log:
-        "results/logs/shards/{shards_key}.log",
     script:
         "../workflow/scripts/shards.py"

@@ -9,14 +9,14 @@ rule eval:
         tokenizer=upstream("eval", "tokenizer", TOKENIZER_MODEL),
     output:
         summary=EVAL_JSON,
+    log:
+        "results/logs/eval/{eval_key}_seed{seed}.log",
+    resources:
+        gpu=eval_gpus("eval"),
     params:
         cfg=stage_params("eval"),
         mode="artifact",
         device=lambda w: stage_config("eval", w)["train"]["device"],
-    resources:
-        gpu=eval_gpus("eval"),
-    log:
-        "results/logs/eval/{eval_key}_seed{seed}.log",
     script:
         "../workflow/scripts/eval.py"
 
@@ -28,13 +28,13 @@ rule eval_prequant:
         tokenizer=upstream("prequant", "tokenizer", TOKENIZER_MODEL),
     output:
         summary=PREQUANT_JSON,
+    log:
+        "results/logs/eval_prequant/{prequant_key}_seed{seed}.log",
+    resources:
+        gpu=eval_gpus("prequant"),
     params:
         cfg=stage_params("prequant"),
         mode="prequant",
         device=lambda w: stage_config("prequant", w)["train"]["device"],
-    resources:
-        gpu=eval_gpus("prequant"),
-    log:
-        "results/logs/eval_prequant/{prequant_key}_seed{seed}.log",
     script:
         "../workflow/scripts/eval.py"

@@ -14,14 +14,14 @@ rule external:
         summary=EXTERNAL_JSON,
         log_txt=EXTERNAL_LOG,
         artifact=directory(EXTERNAL_ARTIFACT),
+    log:
+        "results/logs/external/{external_key}_seed{seed}.log",
+    resources:
+        gpu=lambda w: _gpus(stage_config("external", w)["train"]),
+        runtime=30,
     params:
         cfg=stage_params("external"),
         train=lambda w: stage_config("external", w)["train"],
         vocab_size=lambda w: stage_config("external", w)["tokenizer"]["vocab_size"],
-    resources:
-        gpu=lambda w: _gpus(stage_config("external", w)["train"]),
-        runtime=30,
-    log:
-        "results/logs/external/{external_key}_seed{seed}.log",
     script:
         "../workflow/scripts/external.py"

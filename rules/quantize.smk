@@ -9,12 +9,12 @@ rule quantize:
     output:
         quant=QUANT_BIN,
         summary=QUANT_JSON,
-    params:
-        cfg=stage_params("quant"),
-    resources:
-        gpu=quant_gpus,
     log:
         "results/logs/quant/{quant_key}_seed{seed}.log",
+    resources:
+        gpu=quant_gpus,
+    params:
+        cfg=stage_params("quant"),
     script:
         "../workflow/scripts/quantize.py"
 
@@ -30,10 +30,10 @@ rule compress:
         blob=ARTIFACT_BLOB,
         code=ARTIFACT_CODE,
         summary=ARTIFACT_JSON,
+    log:
+        "results/logs/compress/{compress_key}_seed{seed}.log",
     params:
         cfg=stage_params("compress"),
         packed_sources_sha256=PACKED_SOURCES_SHA256,
-    log:
-        "results/logs/compress/{compress_key}_seed{seed}.log",
     script:
         "../workflow/scripts/compress.py"

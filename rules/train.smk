@@ -11,13 +11,13 @@ rule train:
         hessians=HESSIANS_PT,
         log_txt=TRAIN_LOG,
         summary=TRAIN_JSON,
-    params:
-        cfg=stage_params("train"),
-        abort=lambda w: stage_config("train", w)["abort"],
+    log:
+        "results/logs/train/{train_key}_seed{seed}.log",
     resources:
         gpu=train_gpus,
         runtime=30,
-    log:
-        "results/logs/train/{train_key}_seed{seed}.log",
+    params:
+        cfg=stage_params("train"),
+        abort=lambda w: stage_config("train", w)["abort"],
     script:
         "../workflow/scripts/train.py"

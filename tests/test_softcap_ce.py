@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgolf import softcap_ce
 from pgolf.softcap_ce import head_loss_rows, softcap_ce_rows
 
 CAP = 30.0
