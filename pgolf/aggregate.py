@@ -185,8 +185,7 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
     for name, g in groups.items():
         bpb, loss = Sample.of(g["val_bpb"]), Sample.of(g["val_loss"])
         low, high = ci95(bpb)
-        keys = {stage: g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS
-                if f"key_{stage}" in g and isinstance(g[f"key_{stage}"].iloc[0], str)}
+        keys = stage_keys(g)
         gpu_hours, cost_usd = float(g["gpu_hours"].sum()), float(g["gpu_hours"].sum()) * usd_per_gpu_hour
         cost_source = "estimate"
         if pod_reports:
@@ -247,7 +246,13 @@ def aborted_row(name: str, g: pd.DataFrame, noise: dict) -> dict:
     return {"ablation": name, "n_seeds": 0, "n_aborted": len(g), "seeds": "", "fits_16mb": False,
             "significant_strict_vs_baseline": False, "significant_practised_vs_baseline": False, **noise,
             "flags": ";".join(["fewer_than_3_seeds"] + [flag for seed_flags in g["flags"] for flag in seed_flags]),
-            **{f"key_{stage}": g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS}}
+            **{f"key_{stage}": key for stage, key in stage_keys(g).items()}}
+
+
+def stage_keys(g: pd.DataFrame) -> dict[str, str]:
+    """The cache key of each stage the ablation's seeds ran (an external script's runs only some)."""
+    return {stage: g[f"key_{stage}"].iloc[0] for stage in STAGE_SECTIONS
+            if f"key_{stage}" in g and isinstance(g[f"key_{stage}"].iloc[0], str)}
 
 
 def _flags(row: dict) -> list[str]:

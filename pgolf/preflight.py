@@ -21,8 +21,8 @@ from pgolf import gpus
 
 log = logging.getLogger(__name__)
 
-# pgolf's packed code.py measures ~25.6 KB (docs/benchmarks.md, code bytes); a little headroom for growth.
-CODE_BYTES_ESTIMATE = 28_000
+# pgolf's packed code.py measures ~32.1 KB (docs/benchmarks.md, code bytes); a little headroom for growth.
+CODE_BYTES_ESTIMATE = 33_000
 # The estimate is only an estimate: refuse a config only when it is clearly over the limit, and
 # warn when it lands within a few percent of it.
 ERROR_ABOVE_FRACTION = 1.05
