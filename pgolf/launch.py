@@ -75,11 +75,6 @@ def launch_env(threads: int, nproc: int, base: dict | None = None) -> dict:
     return env
 
 
-def _record_placement(summary_json: Path, placement: Placement) -> None:
-    """Name the devices that ran the job in its summary JSON, before the file reaches its final path."""
-    io.write_json(summary_json, {**io.read_json(summary_json), "placement": placement.record()})
-
-
 def run_gate(device: str, nproc: int, floors: dict, out_json: Path, log_path, threads: int,
              placement: Placement = CPU_JOB) -> dict:
     """pgolf.gate in its own process (its CUDA contexts end with it); raises GateError naming a slow device."""
@@ -113,10 +108,8 @@ def run_train(cfg: dict, train_dir, tokenizer, seed: int, outputs: dict, log_pat
         cmd = torchrun_command(nproc, "pgolf.train", ["--config", scratch / "params.json", "--train-dir", train_dir,
                                                       "--tokenizer", tokenizer, "--out-dir", out_dir, "--seed", int(seed)])
         _run_logged(cmd, log_path, threads, nproc, "training", placement, cfg["max_wallclock_seconds"])
-        if gate_record:
-            io.write_json(out_dir / "train.json", dict(io.read_json(out_dir / "train.json"), gate=gate_record))
-        _record_placement(out_dir / "train.json", placement)
-        stamp(out_dir / "train.json", REPO_ROOT)
+        # the devices that ran it, the gate's figures and the provenance, before train.json reaches its path
+        stamp(out_dir / "train.json", REPO_ROOT, placement=placement.record(), **({"gate": gate_record} if gate_record else {}))
         for name in TRAIN_FILES:
             Path(outputs[name]).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(out_dir / name, outputs[name])
@@ -138,8 +131,7 @@ def run_eval(mode: str, model_path, val_dir, tokenizer, cfg: dict, device: str, 
                                                              scratch / "params.json", "--device", device,
                                                              "--out", scratch / "eval.json"])
             _run_logged(cmd, log_path, threads, nproc, "evaluation", placement)
-        _record_placement(scratch / "eval.json", placement)
-        stamp(scratch / "eval.json", REPO_ROOT)
+        stamp(scratch / "eval.json", REPO_ROOT, placement=placement.record())
         from pgolf.ttt import DOC_TABLE_NAME
 
         if (scratch / DOC_TABLE_NAME).exists():  # TTT's per-document table, beside eval.json

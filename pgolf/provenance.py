@@ -88,9 +88,10 @@ def collect(repo_root: Path, device: str, env: dict | None = None) -> dict:
             "gpu_driver": ",".join(sorted({g["driver"] for g in gpus})) or None}
 
 
-def stamp(json_path: Path, repo_root: Path) -> None:
-    """Add the record to a stage's JSON (its `device` says whether GPUs apply), rewritten atomically."""
-    record = io.read_json(json_path)
+def stamp(json_path: Path, repo_root: Path, **launcher_fields) -> None:
+    """Add the record (and what else the launcher knows, e.g. placement) to a stage's JSON in one atomic
+    rewrite; its `device` says whether GPUs apply."""
+    record = {**io.read_json(json_path), **launcher_fields}
     record["provenance"] = collect(repo_root, record.get("device", "cpu"))
     io.write_json(json_path, record)
 

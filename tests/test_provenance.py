@@ -59,9 +59,10 @@ def test_host_id_prefers_the_pod_then_the_slurm_job():
 def test_stamp_adds_one_nested_key_and_keeps_the_rest(tmp_path):
     path = tmp_path / "train.json"
     io.write_json(path, {"steps": 3, "device": "cpu"})
-    stamp(path, tmp_path)
+    stamp(path, tmp_path, placement={"placed_by": "pgolf"})
     record = io.read_json(path)
-    assert record["steps"] == 3 and set(record) == {"steps", "device", "provenance"}
+    assert record["steps"] == 3 and set(record) == {"steps", "device", "placement", "provenance"}
+    assert record["placement"] == {"placed_by": "pgolf"}
     assert record["provenance"]["torch_version"] == torch.__version__ and record["provenance"]["cuda_version"] == torch.version.cuda
 
 
