@@ -19,47 +19,45 @@ def _backend(name: str):
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
 
 
-def _attention_works(device: torch.device, backend, gqa_native: bool) -> bool:
-    """One small causal GQA forward + backward in bf16 on `backend`; False if it raises."""
-    from torch.nn.attention import sdpa_kernel
+def _attention_works(device: torch.device, attend, name: str) -> bool:
+    """One small causal GQA forward + backward in bf16 through attend(q, k, v) ([batch, heads, seq, dim],
+    k/v with half the heads) matches fp32 SDPA; False if it does not or raises."""
     try:
         g = torch.Generator(device=device).manual_seed(0)
         q = torch.randn(2, 8, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
         k = torch.randn(2, 4, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
         v = torch.randn(2, 4, 256, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
-        kk, vv = (k, v) if gqa_native else (k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
-        with sdpa_kernel([backend]):
-            out = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa_native)
+        out = attend(q, k, v)
         out.float().square().sum().backward()
         ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(2, 1),
                                              v.float().repeat_interleave(2, 1), is_causal=True)
         torch.cuda.synchronize(device)
         return bool(torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2))
-    except Exception as exc:  # the backend refuses this shape or dtype
-        print(f"[pgolf.fastpath] {backend} gqa_native={gqa_native}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # the backend refuses this shape or dtype, or has no kernel for this GPU
+        print(f"[pgolf.fastpath] {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return False
 
 
+def _sdpa_works(device: torch.device, backend, gqa_native: bool) -> bool:
+    from torch.nn.attention import sdpa_kernel
+
+    def attend(q, k, v):
+        kk, vv = (k, v) if gqa_native else (k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa_native)
+    return _attention_works(device, attend, f"{backend} gqa_native={gqa_native}")
+
+
 def _fa4_works(device: torch.device) -> bool:
-    """FlashAttention 4 imports and one small causal GQA forward + backward matches fp32 SDPA."""
+    """FlashAttention 4 imports, and passes the same check as the SDPA backends."""
     from pgolf import flash4
     if not flash4.available():
         print(f"[pgolf.fastpath] fa4: package {flash4.FA4_PACKAGE} not importable; using cuDNN", file=sys.stderr)
         return False
-    try:
-        g = torch.Generator(device=device).manual_seed(0)
-        q = torch.randn(2, 256, 8, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
-        k = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
-        v = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g, requires_grad=True)
-        out = flash4.attention(q, k, v)
-        out.float().square().sum().backward()
-        ref = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2).repeat_interleave(2, 1),
-                                             v.float().transpose(1, 2).repeat_interleave(2, 1), is_causal=True)
-        torch.cuda.synchronize(device)
-        return bool(torch.allclose(out.float().transpose(1, 2), ref, atol=3e-2, rtol=3e-2))
-    except Exception as exc:  # no kernel for this GPU or shape
-        print(f"[pgolf.fastpath] fa4: {type(exc).__name__}: {exc}; using cuDNN", file=sys.stderr)
-        return False
+
+    def attend(q, k, v):
+        return flash4.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return _attention_works(device, attend, "fa4")
 
 
 def configure_cuda(device: torch.device, attention_backend: str = "auto") -> str:
@@ -77,7 +75,7 @@ def configure_cuda(device: torch.device, attention_backend: str = "auto") -> str
     names = ["cudnn", "flash"] if attention_backend == "auto" else [attention_backend]
     for name in names:
         for native in (True, False):
-            if _attention_works(device, _backend(name), native):
+            if _sdpa_works(device, _backend(name), native):
                 set_attention_backend([_backend(name)], native)
                 return f"{name} ({'native' if native else 'repeated'} GQA)"
     set_attention_backend(None, True)
