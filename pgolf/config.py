@@ -163,22 +163,40 @@ def section_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dic
     return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
 
 
-def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """A config file as the workflow sees it: validated, every schema `default:` filled in."""
-    from snakemake.utils import validate  # the workflow's own validation, which fills the defaults
+def _filling_validator():
+    """Draft 2020-12 validation that first fills each missing property's `default:` (a copy), then checks
+    it, as snakemake.utils.validate does for the workflow's config."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
 
+    def fill_then_check(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, spec in properties.items():
+                if "default" in spec:
+                    instance.setdefault(name, copy.deepcopy(spec["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": fill_then_check})
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """A config file as the workflow sees it: validated, every schema `default:` filled in. Needs only
+    jsonschema, so bench/ runs where Snakemake is not installed."""
     cfg = yaml.safe_load(Path(path).read_text())
-    validate(cfg, str(schema_path))
+    _raise_first_error(_filling_validator()(load_schema(schema_path)).iter_errors(cfg), str(path))
     return cfg
 
 
 def validate_config(cfg: dict, schema: dict, where: str = "config") -> None:
     """jsonschema validation with an error that names the offending key path."""
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
+    _raise_first_error(jsonschema.Draft202012Validator(schema).iter_errors(cfg), where)
+
+
+def _raise_first_error(errors, where: str) -> None:
+    errors = sorted(errors, key=lambda e: list(e.path))
     if errors:
-        err = errors[0]
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ValueError(f"{where}: key {key!r}: {err.message}")
+        key = ".".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+        raise ValueError(f"{where}: key {key!r}: {errors[0].message}")
 
 
 def config_errors(cfg: dict) -> list[str]:

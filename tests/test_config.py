@@ -8,7 +8,7 @@ import yaml
 from snakemake.utils import validate
 
 from pgolf.config import (KEY_WILDCARD, STAGE_SECTIONS, RunTable, apply_overrides, config_errors, expand_ablations,
-                          load_schema, section_defaults, stage_key)
+                          load_config, load_schema, section_defaults, stage_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -214,3 +214,20 @@ def test_two_gpu_smoke_overlay_is_the_record_on_real_text_one_gpu_per_seed(share
     train = table.ablations["record"].cfg["train"]
     assert train["nproc"] == 1 and train["device"] == "cuda" and train["max_wallclock_seconds"] <= 120
     check_runs({name: a.cfg for name, a in table.ablations.items()})  # data present, artifact fits
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "challenge.yaml"])
+def test_load_config_fills_defaults_as_the_workflow_does(name):
+    path = ROOT / "config" / name
+    snakemake_view = yaml.safe_load(path.read_text())
+    validate(snakemake_view, str(SCHEMA_PATH))
+    assert load_config(path) == snakemake_view
+
+
+def test_load_config_names_the_file_and_key_of_a_bad_value(tmp_path):
+    path = tmp_path / "bad.yaml"
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["train"]["seq_len"] = "long"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"bad.yaml: key 'train.seq_len'"):
+        load_config(path)
