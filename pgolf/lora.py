@@ -2,8 +2,10 @@
 
 For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B_bᵀ · alpha/rank  to W x_b, with
 A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
-`reset()` starts every row over (a new document); `select(rows)` says which adapter rows the next forward's
-batch rows are (documents drop out of a batch as they end); `active = False` switches the adapters off.
+`reset()` starts every row over (a new document). A forward of n < batch rows uses the first n adapters (the
+documents still running are a prefix of the batch: they drop out at its end); `active = False` switches the
+adapters off. The adapters are forward hooks, which torch.compile traces into the model's graph (the rows
+come from the input's shape, so a smaller batch is no new graph under dynamic shapes).
 The base weights are not touched.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ class BatchedLoRA(nn.Module):
                                   for lin in self.linears)
         self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, lin.out_features, rank, device=weight.device))
                                   for lin in self.linears)
-        self.rows, self.active = None, True
+        self.active = True
         self.handles = [lin.register_forward_hook(self._hook(i)) for i, lin in enumerate(self.linears)]
         self.reset()
 
@@ -45,19 +47,14 @@ class BatchedLoRA(nn.Module):
             bound = 1.0 / math.sqrt(a.size(-1))
             a.copy_(torch.rand(a.shape[1:], generator=gen).mul_(2 * bound).sub_(bound).expand_as(a))
             b.zero_()
-        self.rows = None
-
-    def select(self, rows: torch.Tensor | None) -> None:
-        self.rows = rows
 
     def _hook(self, i: int):
         def add_delta(module, inputs, output):
             if not self.active:  # global phases train the base weights alone
                 return output
             x = inputs[0]
-            a, b = self.a[i], self.b[i]
-            if self.rows is not None:
-                a, b = a[self.rows], b[self.rows]
+            rows = x.size(0)
+            a, b = self.a[i][:rows], self.b[i][:rows]
             delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
             return output + delta * self.scale
         return add_delta
