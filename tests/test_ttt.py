@@ -184,7 +184,8 @@ def test_compiled_ttt_gives_the_plain_per_document_nlls(lora_rank, settings, fre
     np.testing.assert_allclose(compiled["nll_nats"], plain["nll_nats"], rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_ttt_compiles_only_in_the_warm_up(monkeypatch, settings, fresh_dynamo):
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, settings, fresh_dynamo):
     """Ragged documents give every chunk its own [rows, width]; dynamic shapes and a warm-up that covers
     one and many rows, adapters on and off, leave nothing to compile while validation tokens are scored."""
     graphs, after_warm_up = [], []
@@ -201,7 +202,8 @@ def test_compiled_ttt_compiles_only_in_the_warm_up(monkeypatch, settings, fresh_
 
     monkeypatch.setattr(ttt, "warm_up", noting_warm_up)
     tokens = doc_stream(seed=3, num_docs=15)
-    evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(), 16, CPU, compile_backend=counting_backend)
+    evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(ttt_lora_rank=lora_rank), 16, CPU,
+                       compile_backend=counting_backend)
     assert after_warm_up == [len(graphs)], "graphs compiled while scoring validation documents"
     assert 0 < len(graphs) <= 4  # scoring and global steps, each with one row and with several
 
