@@ -119,6 +119,9 @@ def report(r: dict) -> None:
     print(f"projection: the challenge's {CHALLENGE_VAL_TOKENS:,} tokens on {CHALLENGE_GPUS} GPUs = {fixed:.1f} s fixed "
           f"+ {CHALLENGE_VAL_TOKENS:,} / ({rate:,.0f} x {CHALLENGE_GPUS}) tokens/s = {projected:.0f} s (budget 600 s; "
           f"assumes the scoring rate scales with the ranks and these documents' lengths are the split's)", flush=True)
+    if "compiled_graphs" in r:
+        print(f"compiled graphs: {r['compiled_graphs']['warm_up']} in the warm-up, {r['compiled_graphs']['scoring']} "
+              f"while scoring (0 expected)", flush=True)
     if untimed:
         print(f"not timed: the global phases after {untimed} documents (only {r['scored_docs']} here)", flush=True)
 

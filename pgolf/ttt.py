@@ -238,8 +238,8 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
                        device: torch.device, rank: int = 0, world_size: int = 1, token_nll: dict | None = None,
                        compile_backend: str | None = None) -> dict:
     """Score every validation document with TTT, each chunk with up to `context` tokens of its document
-    (eval.ttt_seq_len, else eval.seq_len). Returns the totals, `warmup_seconds` and `docs`, a per-document
-    table (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
+    (eval.ttt_seq_len, else eval.seq_len). Returns the totals, `warmup_seconds`, `compiled_graphs` (by the
+    warm-up, while scoring) and `docs`, a per-document table (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
     `token_nll` (tests) collects this rank's per-target losses by document index. `compile_backend` (e.g.
     "inductor") runs the model's hidden states, adapters included, through torch.compile; None: eager."""
     docs = split_documents(tokens, bos_id)
@@ -256,19 +256,31 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
         # (for _chunk_losses and the global steps alike); deleted again below.
         model.hidden_states = torch.compile(model.hidden_states, dynamic=True, backend=compile_backend)
     try:
-        started = time.perf_counter()
+        started, graphs = time.perf_counter(), [_graphs_compiled()]
         warm_up(model, lora, s, luts_dev, model.config.vocab_size, bos_id, context, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        warmup_seconds = time.perf_counter() - started
+        warmup_seconds, graphs = time.perf_counter() - started, graphs + [_graphs_compiled()]
         stream = torch.from_numpy(tokens.astype(np.int64)).to(device)
         table = _score_phases(model, lora, stream, phases, s, luts_dev, context, rank, world_size, token_nll)
+        graphs.append(_graphs_compiled())
     finally:
         if lora is not None:
             lora.remove()
         if compile_backend is not None:
             del model.hidden_states
-    return {**_summary(table, docs, world_size), "warmup_seconds": warmup_seconds}
+    compiled = {"warm_up": graphs[1] - graphs[0], "scoring": graphs[2] - graphs[1]}
+    if compiled["scoring"]:
+        log.warning("TTT compiled %d graph(s) while scoring, shapes or modes the warm-up did not cover "
+                    "(run with TORCH_LOGS=recompiles to see which)", compiled["scoring"])
+    return {**_summary(table, docs, world_size), "warmup_seconds": warmup_seconds, "compiled_graphs": compiled}
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has captured in this process so far (dynamo's own count)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_size, token_nll) -> torch.Tensor:
@@ -329,7 +341,7 @@ def evaluate_with_ttt(model, tokens: np.ndarray, tokenizer_model, cfg: dict, dev
               "val_bpb": bits_per_byte(out["nll_sum"], out["scored_bytes"]),
               "scored_tokens": out["scored_tokens"], "scored_bytes": out["scored_bytes"],
               "scored_docs": len(out["docs"]["doc_index"]), "warmup_seconds": out["warmup_seconds"],
-              "ttt": settings.as_dict()}
+              "compiled_graphs": out["compiled_graphs"], "ttt": settings.as_dict()}
     return result, out["docs"]
 
 

@@ -202,9 +202,10 @@ def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, setti
 
     monkeypatch.setattr(ttt, "warm_up", noting_warm_up)
     tokens = doc_stream(seed=3, num_docs=15)
-    evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(ttt_lora_rank=lora_rank), 16, CPU,
-                       compile_backend=counting_backend)
+    out = evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(ttt_lora_rank=lora_rank), 16, CPU,
+                             compile_backend=counting_backend)
     assert after_warm_up == [len(graphs)], "graphs compiled while scoring validation documents"
+    assert out["compiled_graphs"] == {"warm_up": len(graphs), "scoring": 0}
     assert 0 < len(graphs) <= 4  # scoring and global steps, each with one row and with several
 
 
