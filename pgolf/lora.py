@@ -27,13 +27,16 @@ class BatchedLoRA(nn.Module):
         unknown = sorted(set(targets) - set(TARGETS))
         if unknown:
             raise ValueError(f"eval.ttt_lora_targets: unknown {unknown}; expected some of {sorted(TARGETS)}")
-        self.rank, self.scale, self.seed = rank, (alpha or rank) / rank, seed
+        self.rank, self.scale = rank, (alpha or rank) / rank
         self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets]
         weight = self.linears[0].weight
         self.a = nn.ParameterList(nn.Parameter(torch.empty(batch, rank, lin.in_features, device=weight.device))
                                   for lin in self.linears)
         self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, lin.out_features, rank, device=weight.device))
                                   for lin in self.linears)
+        # One draw per adapter, kept on the device: every reset copies it, with no host-to-device copy.
+        gen = torch.Generator().manual_seed(seed)
+        self.a_init = [_uniform(a.shape[1:], 1.0 / math.sqrt(a.size(-1)), gen).to(weight.device) for a in self.a]
         self.active = True
         self.handles = [lin.register_forward_hook(self._hook(i)) for i, lin in enumerate(self.linears)]
         self.reset()
@@ -42,10 +45,8 @@ class BatchedLoRA(nn.Module):
     def reset(self) -> None:
         """Fresh adapters for every row, all rows and every reset from the same draw: a document's result
         depends neither on the documents before it nor on its row in the batch (nor on the rank count)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        for a, b in zip(self.a, self.b):
-            bound = 1.0 / math.sqrt(a.size(-1))
-            a.copy_(torch.rand(a.shape[1:], generator=gen).mul_(2 * bound).sub_(bound).expand_as(a))
+        for a, init, b in zip(self.a, self.a_init, self.b):
+            a.copy_(init.expand_as(a))
             b.zero_()
 
     def _hook(self, i: int):
@@ -62,3 +63,8 @@ class BatchedLoRA(nn.Module):
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _uniform(shape, bound: float, gen: torch.Generator) -> torch.Tensor:
+    """U(-bound, bound), drawn on the CPU from `gen` (the same numbers on every device)."""
+    return torch.rand(shape, generator=gen).mul_(2 * bound).sub_(bound)
