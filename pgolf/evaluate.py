@@ -147,7 +147,8 @@ def evaluate_files(mode: str, model_path: str | Path, val_dir: str | Path, token
         result = evaluate_tokens(model, tokens, byte_luts(tokenizer_model), cfg["seq_len"], cfg["stride"],
                                  cfg["batch_seqs"], dev, rank, world_size,
                                  compile=bool(cfg.get("compile")) and dev.type == "cuda")
-    result["scoring_seconds"] = time.perf_counter() - scoring_started  # this rank's scoring loop alone
+    # This rank's scoring loop alone (TTT's warm-up, on random tokens, is reported apart as warmup_seconds).
+    result["scoring_seconds"] = time.perf_counter() - scoring_started - result.get("warmup_seconds", 0.0)
     elapsed = torch.tensor(time.perf_counter() - started, dtype=torch.float64, device=dev)
     if world_size > 1:
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the evaluation lasts as long as its slowest rank

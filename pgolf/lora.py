@@ -2,8 +2,10 @@
 
 For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B_bᵀ · alpha/rank  to W x_b, with
 A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
-`reset()` starts every row over (a new document); `select(rows)` says which adapter rows the next forward's
-batch rows are (documents drop out of a batch as they end); `active = False` switches the adapters off.
+`reset()` starts every row over (a new document). A forward of n < batch rows uses the first n adapters (the
+documents still running are a prefix of the batch: they drop out at its end); `active = False` switches the
+adapters off. The adapters are forward hooks, which torch.compile traces into the model's graph (the rows
+come from the input's shape, so a smaller batch is no new graph under dynamic shapes).
 The base weights are not touched.
 """
 from __future__ import annotations
@@ -25,14 +27,17 @@ class BatchedLoRA(nn.Module):
         unknown = sorted(set(targets) - set(TARGETS))
         if unknown:
             raise ValueError(f"eval.ttt_lora_targets: unknown {unknown}; expected some of {sorted(TARGETS)}")
-        self.rank, self.scale, self.seed = rank, (alpha or rank) / rank, seed
+        self.rank, self.scale = rank, (alpha or rank) / rank
         self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets]
         weight = self.linears[0].weight
         self.a = nn.ParameterList(nn.Parameter(torch.empty(batch, rank, lin.in_features, device=weight.device))
                                   for lin in self.linears)
         self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, lin.out_features, rank, device=weight.device))
                                   for lin in self.linears)
-        self.rows, self.active = None, True
+        # One draw per adapter, kept on the device: every reset copies it, with no host-to-device copy.
+        gen = torch.Generator().manual_seed(seed)
+        self.a_init = [_uniform(a.shape[1:], 1.0 / math.sqrt(a.size(-1)), gen).to(weight.device) for a in self.a]
+        self.active = True
         self.handles = [lin.register_forward_hook(self._hook(i)) for i, lin in enumerate(self.linears)]
         self.reset()
 
@@ -40,24 +45,17 @@ class BatchedLoRA(nn.Module):
     def reset(self) -> None:
         """Fresh adapters for every row, all rows and every reset from the same draw: a document's result
         depends neither on the documents before it nor on its row in the batch (nor on the rank count)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        for a, b in zip(self.a, self.b):
-            bound = 1.0 / math.sqrt(a.size(-1))
-            a.copy_(torch.rand(a.shape[1:], generator=gen).mul_(2 * bound).sub_(bound).expand_as(a))
+        for a, init, b in zip(self.a, self.a_init, self.b):
+            a.copy_(init.expand_as(a))
             b.zero_()
-        self.rows = None
-
-    def select(self, rows: torch.Tensor | None) -> None:
-        self.rows = rows
 
     def _hook(self, i: int):
         def add_delta(module, inputs, output):
             if not self.active:  # global phases train the base weights alone
                 return output
             x = inputs[0]
-            a, b = self.a[i], self.b[i]
-            if self.rows is not None:
-                a, b = a[self.rows], b[self.rows]
+            rows = x.size(0)
+            a, b = self.a[i][:rows], self.b[i][:rows]
             delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
             return output + delta * self.scale
         return add_delta
@@ -65,3 +63,8 @@ class BatchedLoRA(nn.Module):
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _uniform(shape, bound: float, gen: torch.Generator) -> torch.Tensor:
+    """U(-bound, bound), drawn on the CPU from `gen` (the same numbers on every device)."""
+    return torch.rand(shape, generator=gen).mul_(2 * bound).sub_(bound)

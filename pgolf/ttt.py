@@ -10,16 +10,23 @@ So a token's loss comes from the artifact's weights, trained only on earlier pha
 earlier chunks of its own document: tokens already scored (C1, C3). The loss is the cross-entropy of the
 full softmax over the vocabulary (C2). The documents' targets partition the stream's, each scored once in
 one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never on validation tokens.
+
+Speed (the same computation): a chunk's windows are gathered from the stream by index tensors and the head
+runs on the scored columns picked by index, so the chunk loop makes no host sync; with `eval.compile` on
+CUDA the hidden states (adapters included) go through torch.compile with dynamic shapes, and the warm-up
+compiles every graph scoring needs.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from pgolf.bpb import target_bytes
 from pgolf.lora import BatchedLoRA
@@ -73,28 +80,57 @@ def _autocast(device: torch.device):
             else contextlib.nullcontext())
 
 
-def _chunk_windows(stream, batch: list[Doc], chunk: int, first_target: int, context: int, device):
-    """Right-padded [rows, width] inputs / targets / scored-mask of the documents still running at this
-    chunk, each window its document's last `context` tokens up to the chunk's end."""
-    rows = [d for d in batch if d.num_targets > first_target]
-    ends = [min(first_target + chunk, d.num_targets) for d in rows]
-    lows = [max(0, end - context) for end in ends]
-    width = max(end - low for end, low in zip(ends, lows))
-    inputs = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    targets = torch.zeros_like(inputs)
-    scored = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-    for r, (d, low, end) in enumerate(zip(rows, lows, ends)):
-        inputs[r, :end - low] = stream[d.start + low:d.start + end]
-        targets[r, :end - low] = stream[d.start + low + 1:d.start + end + 1]
-        scored[r, first_target - low:end - low] = True
-    return inputs, targets, scored
+@dataclass(frozen=True)
+class ChunkWindows:
+    """One chunk of a batch: the [rows, width] right-padded windows the model reads, and per row the chunk's
+    (at most `chunk`) scored targets: their window columns, previous tokens and ids, and which are real."""
+    inputs: torch.Tensor   # [rows, width] token ids, 0 after a row's window
+    cols: torch.Tensor     # [rows, chunk] window column of each scored target (clamped into the window)
+    prev: torch.Tensor     # [rows, chunk] the token before each scored target (its input)
+    targets: torch.Tensor  # [rows, chunk] scored target ids
+    valid: torch.Tensor    # [rows, chunk] bool: a real target of this chunk (a row's last chunk may be short)
 
 
-def _token_losses(model, inputs, targets, scored) -> torch.Tensor:
-    """[rows, width] NLL (nats, float32) of the scored targets under the full softmax; 0 elsewhere."""
-    losses = torch.zeros(scored.shape, dtype=torch.float32, device=scored.device)
-    losses[scored] = model.scored_losses(inputs, targets, scored).float()
-    return losses
+@dataclass(frozen=True)
+class BatchSpans:
+    """A batch's document starts and target counts on the device, made once per batch: each chunk's windows
+    are then index arithmetic on the device, with no per-chunk host-to-device copy."""
+    starts: torch.Tensor       # [docs] stream offset of each document's BOS
+    num_targets: torch.Tensor  # [docs]
+    longest: int               # the first document's target count (longest first)
+
+    @classmethod
+    def of(cls, batch: list[Doc], device) -> "BatchSpans":
+        both = torch.tensor([[d.start for d in batch], [d.num_targets for d in batch]], device=device)
+        return cls(both[0], both[1], batch[0].num_targets)
+
+
+def chunk_windows(stream, spans: BatchSpans, rows: int, chunk: int, first_target: int, context: int) -> ChunkWindows:
+    """The windows of the `rows` documents still running at this chunk (a prefix of the batch), each its
+    document's last `context` tokens up to the chunk's end, gathered from the stream in one indexing."""
+    device = stream.device
+    starts, ends = spans.starts[:rows], spans.num_targets[:rows].clamp(max=first_target + chunk)
+    lows = (ends - context).clamp(min=0)
+    width = min(first_target + chunk, spans.longest, context)  # the longest running window: row 0's
+    col = torch.arange(width, device=device)
+    in_window = col[None, :] < (ends - lows)[:, None]
+    index = ((starts + lows)[:, None] + col[None, :]).clamp(max=stream.numel() - 1)
+    inputs = torch.where(in_window, stream[index], 0)
+    step = torch.arange(chunk, device=device)
+    valid = step[None, :] < (ends - first_target)[:, None]
+    cols = ((first_target - lows)[:, None] + step[None, :]).clamp(max=width - 1)
+    position = (starts[:, None] + first_target + step[None, :]).clamp(max=stream.numel() - 2)
+    return ChunkWindows(inputs, cols, stream[position], stream[position + 1], valid)
+
+
+def _chunk_losses(model, w: ChunkWindows) -> torch.Tensor:
+    """[rows, chunk] NLL (nats, float32) of the chunk's targets under the full softmax; 0 where not valid.
+    The head runs on the scored columns only (picked by index: a fixed [rows, chunk] shape, no host sync)."""
+    hidden = model.hidden_states(w.inputs)
+    picked = hidden.gather(1, w.cols[..., None].expand(-1, -1, hidden.size(-1)))
+    logits = model.head(picked)
+    nll = F.cross_entropy(logits.flatten(0, 1), w.targets.flatten(), reduction="none").view_as(w.targets)
+    return torch.where(w.valid, nll.float(), 0.0)
 
 
 def _make_optimizer(params, s: TTTSettings) -> torch.optim.Optimizer:
@@ -119,63 +155,93 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
     if lora is not None:
         lora.reset()
         optimizer = _make_optimizer(list(lora.parameters()), s)
-    chunk = s.ttt_chunk_tokens
-    for first in range(0, batch[0].num_targets, chunk):
-        inputs, targets, scored = _chunk_windows(stream, batch, chunk, first, context, device)
-        rows = inputs.size(0)  # documents still running: a prefix of the batch (longest first)
-        training = lora is not None and sum(d.num_targets > first + chunk for d in batch) > 0
+    spans, chunk = BatchSpans.of(batch, device), s.ttt_chunk_tokens
+    for first in range(0, spans.longest, chunk):
+        rows = sum(d.num_targets > first for d in batch)  # documents still running: a prefix (longest first)
+        w = chunk_windows(stream, spans, rows, chunk, first, context)
+        training = lora is not None and spans.longest > first + chunk
         for step in range(s.ttt_steps if training else 1):
-            if lora is not None:
-                lora.select(torch.arange(rows, device=device))
-            with torch.set_grad_enabled(training), _autocast(device):
-                losses = _token_losses(model, inputs, targets, scored)
+            # With adapters every chunk runs with grad, trained on or not: one compiled graph serves both.
+            with torch.set_grad_enabled(lora is not None), _autocast(device):
+                losses = _chunk_losses(model, w)
             if step == 0:  # the score: taken before any update on these tokens, never revised
-                _record(losses.detach(), inputs, targets, scored, luts, nll, nbytes, batch, token_nll)
+                _record(losses.detach(), w, luts, nll, nbytes, batch, token_nll)
             if training:
-                _adapter_step(losses, scored, batch, first + chunk, optimizer)
+                _adapter_step(losses, w.valid, spans.num_targets[:rows] > first + chunk, optimizer)
     return nll, nbytes
 
 
-def _record(losses, inputs, targets, scored, luts, nll, nbytes, batch, token_nll) -> None:
+def _record(losses, w: ChunkWindows, luts, nll, nbytes, batch, token_nll) -> None:
     rows = losses.size(0)
     nll[:rows] += losses.double().sum(1)
-    nbytes[:rows] += torch.where(scored, target_bytes(inputs, targets, luts), 0).sum(1)
-    if token_nll is not None:
+    nbytes[:rows] += torch.where(w.valid, target_bytes(w.prev, w.targets, luts), 0).sum(1)
+    if token_nll is not None:  # tests only: a host copy per chunk
         for r in range(rows):
-            token_nll.setdefault(batch[r].index, []).extend(losses[r][scored[r]].tolist())
+            token_nll.setdefault(batch[r].index, []).extend(losses[r][w.valid[r]].tolist())
 
 
-def _adapter_step(losses, scored, batch: list[Doc], next_first: int, optimizer) -> None:
+def _adapter_step(losses, valid, going_on, optimizer) -> None:
     """One step of every continuing document's adapter on its mean chunk loss (rows are independent:
-    each adapter's gradient comes from its own document alone)."""
-    going_on = torch.tensor([d.num_targets > next_first for d in batch[:losses.size(0)]], device=losses.device)
-    per_doc = losses.sum(1) / scored.sum(1).clamp_min(1)
+    each adapter's gradient comes from its own document alone; a finished row's gradient is zero)."""
+    per_doc = losses.sum(1) / valid.sum(1).clamp_min(1)
     optimizer.zero_grad(set_to_none=True)
-    per_doc[going_on].sum().backward()
+    torch.where(going_on, per_doc, 0.0).sum().backward()
     optimizer.step()
+
+
+def _warmup_docs(lengths: list[int], vocab_size: int, bos_id: int, gen) -> tuple[torch.Tensor, list[Doc]]:
+    """Random documents of these lengths (longest first), each BOS + random ids, from the generator alone."""
+    starts = np.cumsum([0, *lengths])
+    stream = torch.randint(0, vocab_size, (int(starts[-1]) + 1,), generator=gen)
+    stream[starts] = bos_id
+    return stream, [Doc(i, int(starts[i]), n) for i, n in enumerate(lengths)]
 
 
 def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: int, bos_id: int,
             context: int, device) -> None:
-    """`ttt_warmup_batches` scoring-and-adapting passes over random documents (fixed seed): kernels, caches
-    and allocator warmed on the shapes scoring will use. It is given no validation token to see."""
+    """`ttt_warmup_batches` scoring-and-adapting passes over random documents (fixed seed): kernels, caches,
+    allocator and compiled graphs warmed on the shapes scoring will use. It is given no validation token.
+
+    A pass's batch covers the shapes of real batches: every row for two chunks (the chunk width and twice
+    it), then the first document alone out to a full `context` window (one row: a graph of its own under
+    torch.compile, which specializes size 1). With global phases, the global steps' forward and backward
+    run once on random documents too (gradients dropped, no step: the weights stay the artifact's)."""
+    from pgolf.ttt_global import warm_up_gradients
+
     gen = torch.Generator().manual_seed(WARMUP_SEED)
-    length = min(context, 2 * s.ttt_chunk_tokens)  # two chunks: one scored and trained on, one scored
+    chunk = s.ttt_chunk_tokens
+    lengths = [max(context, 2 * chunk) + chunk] + [2 * chunk] * (s.ttt_batch_docs - 1)
     for _ in range(s.ttt_warmup_batches):
-        stream = torch.randint(0, vocab_size, (s.ttt_batch_docs * length + 1,), generator=gen)
-        stream[::length] = bos_id
-        docs = [Doc(i, i * length, length) for i in range(s.ttt_batch_docs)]
+        stream, docs = _warmup_docs(lengths, vocab_size, bos_id, gen)
         score_batch(model, lora, stream.to(device), docs, s, luts, context)
+    if s.ttt_warmup_batches and s.ttt_phase_docs:  # global steps: full pieces, a full micro-batch then one
+        stream, docs = _warmup_docs([context] * (s.ttt_batch_docs + 1), vocab_size, bos_id, gen)
+        with _adapters_off(lora):
+            warm_up_gradients(model, stream.to(device), docs, s, context, _autocast(device))
     if lora is not None:
         lora.reset()
 
 
+@contextlib.contextmanager
+def _adapters_off(lora: BatchedLoRA | None):
+    """Global phases train the base weights alone."""
+    if lora is not None:
+        lora.active = False
+    try:
+        yield
+    finally:
+        if lora is not None:
+            lora.active = True
+
+
 def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSettings, context: int,
-                       device: torch.device, rank: int = 0, world_size: int = 1, token_nll: dict | None = None) -> dict:
+                       device: torch.device, rank: int = 0, world_size: int = 1, token_nll: dict | None = None,
+                       compile_backend: str | None = None) -> dict:
     """Score every validation document with TTT, each chunk with up to `context` tokens of its document
-    (eval.ttt_seq_len, else eval.seq_len). Returns the totals and `docs`, a per-document table
-    (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
-    `token_nll` (tests) collects this rank's per-target losses by document index."""
+    (eval.ttt_seq_len, else eval.seq_len). Returns the totals, `warmup_seconds`, `compiled_graphs` (by the
+    warm-up, while scoring) and `docs`, a per-document table (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
+    `token_nll` (tests) collects this rank's per-target losses by document index. `compile_backend` (e.g.
+    "inductor") runs the model's hidden states, adapters included, through torch.compile; None: eager."""
     docs = split_documents(tokens, bos_id)
     phases = processing_order(docs, s.ttt_phase_docs)
     if len(phases) < len(s.ttt_phase_docs) + 1:
@@ -185,14 +251,36 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
     lora = (BatchedLoRA(model, s.ttt_lora_targets, s.ttt_lora_rank, s.ttt_lora_alpha, s.ttt_batch_docs)
             if s.ttt_lora_rank > 0 else None)
     luts_dev = tuple(torch.as_tensor(t, device=device) for t in luts)
+    if compile_backend is not None:
+        # Dynamic shapes: rows and width change from chunk to chunk. An instance attribute shadows the method
+        # (for _chunk_losses and the global steps alike); deleted again below.
+        model.hidden_states = torch.compile(model.hidden_states, dynamic=True, backend=compile_backend)
     try:
+        started, graphs = time.perf_counter(), [_graphs_compiled()]
         warm_up(model, lora, s, luts_dev, model.config.vocab_size, bos_id, context, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        warmup_seconds, graphs = time.perf_counter() - started, graphs + [_graphs_compiled()]
         stream = torch.from_numpy(tokens.astype(np.int64)).to(device)
         table = _score_phases(model, lora, stream, phases, s, luts_dev, context, rank, world_size, token_nll)
+        graphs.append(_graphs_compiled())
     finally:
         if lora is not None:
             lora.remove()
-    return _summary(table, docs, world_size)
+        if compile_backend is not None:
+            del model.hidden_states
+    compiled = {"warm_up": graphs[1] - graphs[0], "scoring": graphs[2] - graphs[1]}
+    if compiled["scoring"]:
+        log.warning("TTT compiled %d graph(s) while scoring, shapes or modes the warm-up did not cover "
+                    "(run with TORCH_LOGS=recompiles to see which)", compiled["scoring"])
+    return {**_summary(table, docs, world_size), "warmup_seconds": warmup_seconds, "compiled_graphs": compiled}
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has captured in this process so far (dynamo's own count)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_size, token_nll) -> torch.Tensor:
@@ -212,11 +300,8 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
             table[rows, 2], table[rows, 3] = nbytes.double(), nll
         first_position += len(phase)
         if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it
-            if lora is not None:
-                lora.active = False
-            global_sgd(model, stream, phase, s, context, rank, world_size, _autocast(device))
-            if lora is not None:
-                lora.active = True
+            with _adapters_off(lora):
+                global_sgd(model, stream, phase, s, context, rank, world_size, _autocast(device))
     return table
 
 
@@ -239,7 +324,8 @@ DOC_TABLE_NAME = "eval_docs.parquet"  # beside eval.json: one row per validation
 
 def evaluate_with_ttt(model, tokens: np.ndarray, tokenizer_model, cfg: dict, device, rank: int,
                       world_size: int) -> tuple[dict, dict]:
-    """The eval stage's TTT path: (result in evaluate_tokens' form plus the settings, per-document table)."""
+    """The eval stage's TTT path: (result in evaluate_tokens' form plus the settings and the warm-up seconds,
+    per-document table). `eval.compile` compiles the chunk forward with Inductor, on CUDA only."""
     import sentencepiece as spm
 
     from pgolf.bpb import bits_per_byte, byte_luts
@@ -247,13 +333,15 @@ def evaluate_with_ttt(model, tokens: np.ndarray, tokenizer_model, cfg: dict, dev
     settings = TTTSettings.from_eval_cfg(cfg)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     out = evaluate_documents(model, tokens, byte_luts(sp), sp.bos_id(), settings,
-                             settings.ttt_seq_len or cfg["seq_len"], device, rank, world_size)
+                             settings.ttt_seq_len or cfg["seq_len"], device, rank, world_size,
+                             compile_backend="inductor" if cfg.get("compile") and device.type == "cuda" else None)
     if out["scored_tokens"] != tokens.size - 1:  # the documents' contract: every target exactly once
         raise AssertionError(f"TTT scored {out['scored_tokens']} targets, expected {tokens.size - 1}")
     result = {"val_loss": out["nll_sum"] / out["scored_tokens"],
               "val_bpb": bits_per_byte(out["nll_sum"], out["scored_bytes"]),
               "scored_tokens": out["scored_tokens"], "scored_bytes": out["scored_bytes"],
-              "scored_docs": len(out["docs"]["doc_index"]), "ttt": settings.as_dict()}
+              "scored_docs": len(out["docs"]["doc_index"]), "warmup_seconds": out["warmup_seconds"],
+              "compiled_graphs": out["compiled_graphs"], "ttt": settings.as_dict()}
     return result, out["docs"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from pgolf.ttt_plan import Doc, batches, rank_share
 
@@ -22,8 +23,9 @@ def _pieces(stream, doc: Doc, length: int) -> list[tuple[torch.Tensor, torch.Ten
     return out
 
 
-def _loss_sum(model, pieces, autocast) -> tuple[torch.Tensor, int]:
-    """Summed NLL of right-padded pieces (padding masked out) and their target count."""
+def _loss_sum(model, pieces, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of right-padded pieces (padding masked out) and their target count, both on the device
+    (no host sync: the head runs on every column, nearly all of them real targets)."""
     width = max(x.numel() for x, _ in pieces)
     device = pieces[0][0].device
     inputs = torch.zeros(len(pieces), width, dtype=torch.long, device=device)
@@ -32,15 +34,22 @@ def _loss_sum(model, pieces, autocast) -> tuple[torch.Tensor, int]:
     for r, (x, y) in enumerate(pieces):
         inputs[r, :x.numel()], targets[r, :y.numel()], mask[r, :x.numel()] = x, y, True
     with autocast:
-        losses = model.scored_losses(inputs, targets, mask).float()
-    return losses.sum(), int(mask.sum())
+        logits = model.head(model.hidden_states(inputs))
+        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    return torch.where(mask, losses.float(), 0.0).sum(), mask.sum()
+
+
+def _trainable(params, on: bool) -> None:
+    for p in params:
+        p.requires_grad_(on)
+        if not on:
+            p.grad = None
 
 
 def global_sgd(model, stream, phase: list[Doc], s, context: int, rank: int, world_size: int, autocast) -> None:
     """`ttt_global_epochs` passes of SGD with momentum on every base weight over the phase's documents."""
     params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    _trainable(params, True)
     optimizer = torch.optim.SGD(params, lr=s.ttt_global_lr, momentum=s.ttt_global_momentum)
     device = stream.device
     for _ in range(s.ttt_global_epochs):
@@ -54,9 +63,19 @@ def global_sgd(model, stream, phase: list[Doc], s, context: int, rank: int, worl
                 count += n
             _mean_gradients(params, count, world_size)
             optimizer.step()
-    for p in params:
-        p.requires_grad_(False)
-        p.grad = None
+    _trainable(params, False)
+
+
+def warm_up_gradients(model, stream, docs: list[Doc], s, context: int, autocast) -> None:
+    """The global steps' forwards and backwards over `docs` of a (random) stream, in their micro-batches;
+    the gradients are dropped and no step is taken, so the base weights stay as they are."""
+    params = list(model.parameters())
+    _trainable(params, True)
+    try:
+        for micro in batches([p for d in docs for p in _pieces(stream, d, context)], s.ttt_batch_docs):
+            _loss_sum(model, micro, autocast)[0].backward()
+    finally:
+        _trainable(params, False)
 
 
 def _mean_gradients(params, count: torch.Tensor, world_size: int) -> None:

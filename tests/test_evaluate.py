@@ -179,6 +179,8 @@ def test_ttt_eval_is_independent_of_the_rank_count(random_checkpoint, tiny_corpu
     one, two = results[1], results[2]
     assert two["world_size"] == 2 and two["ttt"] == one["ttt"] and one["ttt"]["ttt_phase_docs"] == [10, 20]
     assert 0 < one["scoring_seconds"] <= one["eval_seconds"]
+    assert 0 < one["warmup_seconds"] and one["warmup_seconds"] + one["scoring_seconds"] <= one["eval_seconds"]
+    assert one["compiled_graphs"] == {"warm_up": 0, "scoring": 0}  # eval.compile is for CUDA: eager here
     assert two["scored_tokens"] == one["scored_tokens"] and two["scored_bytes"] == one["scored_bytes"]
     assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-7)  # seen: 2e-9; gradients not all-reduced: 3e-6
     a, b = tables[1], tables[2]

@@ -158,3 +158,86 @@ def test_phase_cuts_beyond_the_documents_are_reported(settings, caplog):
     with caplog.at_level("WARNING", logger="pgolf.ttt"):
         run(doc_stream(), settings(ttt_phase_docs=[4, 500]))
     assert "only cuts inside 1..10 documents apply (2 phase(s))" in caplog.text
+
+
+# -----------------------------------------------------------------------------------------------
+# The compiled path (eval.compile on CUDA): torch.compile with dynamic shapes. Inductor needs a C++
+# toolchain, so CPU tests use the "aot_eager" backend (AOTAutograd's forward and backward graphs, run
+# eagerly) or a counting backend that runs dynamo's captured graph as it is.
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_compiled_ttt_gives_the_plain_per_document_nlls(lora_rank, settings, fresh_dynamo):
+    """LoRA (or none) and global phases: the compiled forward gives each document the plain path's NLL."""
+    tokens, s = doc_stream(), settings(ttt_lora_rank=lora_rank)
+    plain = run(tokens, s)["docs"]
+    compiled = evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, compile_backend="aot_eager")["docs"]
+    np.testing.assert_array_equal(compiled["position"], plain["position"])
+    np.testing.assert_array_equal(compiled["bytes"], plain["bytes"])
+    np.testing.assert_allclose(compiled["nll_nats"], plain["nll_nats"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, settings, fresh_dynamo):
+    """Ragged documents give every chunk its own [rows, width]; dynamic shapes and a warm-up that covers
+    one and many rows, adapters on and off, leave nothing to compile while validation tokens are scored."""
+    graphs, after_warm_up = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_warm_up = ttt.warm_up
+
+    def noting_warm_up(*args, **kwargs):
+        real_warm_up(*args, **kwargs)
+        after_warm_up.append(len(graphs))
+
+    monkeypatch.setattr(ttt, "warm_up", noting_warm_up)
+    tokens = doc_stream(seed=3, num_docs=15)
+    out = evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(ttt_lora_rank=lora_rank), 16, CPU,
+                             compile_backend=counting_backend)
+    assert after_warm_up == [len(graphs)], "graphs compiled while scoring validation documents"
+    assert out["compiled_graphs"] == {"warm_up": len(graphs), "scoring": 0}
+    assert 0 < len(graphs) <= 4  # scoring and global steps, each with one row and with several
+
+
+def _old_chunk_windows(stream, batch, chunk, first_target, context):
+    """The per-row slicing builder chunk_windows replaced: the reference it must agree with."""
+    rows = [d for d in batch if d.num_targets > first_target]
+    ends = [min(first_target + chunk, d.num_targets) for d in rows]
+    lows = [max(0, end - context) for end in ends]
+    width = max(end - low for end, low in zip(ends, lows))
+    inputs = torch.zeros(len(rows), width, dtype=torch.long)
+    targets = torch.zeros_like(inputs)
+    scored = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, (d, low, end) in enumerate(zip(rows, lows, ends)):
+        inputs[r, :end - low] = stream[d.start + low:d.start + end]
+        targets[r, :end - low] = stream[d.start + low + 1:d.start + end + 1]
+        scored[r, first_target - low:end - low] = True
+    return inputs, targets, scored
+
+
+@pytest.mark.parametrize("chunk,context", [(8, 16), (5, 12), (7, 7), (3, 40)])
+def test_chunk_windows_gather_what_the_row_slices_gave(chunk, context):
+    """Ragged documents, every chunk: the same windows, and the same scored targets at the same columns."""
+    tokens = doc_stream(seed=2, num_docs=9)
+    stream = torch.from_numpy(tokens.astype(np.int64))
+    batch = sorted(split_documents(tokens, BOS), key=lambda d: -d.num_targets)
+    spans = ttt.BatchSpans.of(batch, CPU)
+    for first in range(0, batch[0].num_targets, chunk):
+        inputs, targets, scored = _old_chunk_windows(stream, batch, chunk, first, context)
+        w = ttt.chunk_windows(stream, spans, inputs.size(0), chunk, first, context)
+        assert torch.equal(w.inputs, inputs)
+        mask = torch.zeros_like(scored)
+        mask[torch.arange(w.cols.size(0))[:, None].expand_as(w.cols)[w.valid], w.cols[w.valid]] = True
+        assert torch.equal(mask, scored)
+        assert torch.equal(w.targets[w.valid], targets[scored])
+        assert torch.equal(w.prev[w.valid], inputs[scored])
