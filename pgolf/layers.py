@@ -130,12 +130,17 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = (nn.Parameter(torch.full((cfg.num_heads,), float(cfg.qk_gain_init)))
                        if cfg.qk_gain_init is not None else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, dim = x.shape
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.q._forward_hooks or self.k._forward_hooks or self.v._forward_hooks:
+            return self.q(x), self.k(x), self.v(x)  # hooked projections (TTT's adapters) run as modules
         # One GEMM for q, k and v (x read once; one dgrad instead of three plus adds; on the H100 it times
         # the same as three). q, k, v stay separate Linears: GPTQ and the artifact key off their names.
         weight = torch.cat((self.q.weight, self.k.weight, self.v.weight))
-        q, k, v = F.linear(x, weight).split((self.q.out_features, self.k.out_features, self.v.out_features), -1)
+        return F.linear(x, weight).split((self.q.out_features, self.k.out_features, self.v.out_features), -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, dim = x.shape
+        q, k, v = self._qkv(x)
         q = q.view(batch, seq, self.num_heads, self.head_dim)
         k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
         v = v.view(batch, seq, self.num_kv_heads, self.head_dim)

@@ -239,7 +239,8 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
                        compile_backend: str | None = None) -> dict:
     """Score every validation document with TTT, each chunk with up to `context` tokens of its document
     (eval.ttt_seq_len, else eval.seq_len). Returns the totals, `warmup_seconds`, `compiled_graphs` (by the
-    warm-up, while scoring) and `docs`, a per-document table (file index, processing position, tokens, bytes, NLL nats) identical on every rank.
+    warm-up, while scoring) and `docs`, a per-document table (file index, processing position, tokens,
+    bytes, NLL nats) identical on every rank.
     `token_nll` (tests) collects this rank's per-target losses by document index. `compile_backend` (e.g.
     "inductor") runs the model's hidden states, adapters included, through torch.compile; None: eager."""
     docs = split_documents(tokens, bos_id)

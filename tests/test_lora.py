@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from pgolf.lora import TARGETS, BatchedLoRA
+from pgolf.model import GPT, ModelConfig
+
+
+def tiny_model() -> GPT:
+    """Random weights everywhere: the model's own init zeroes the output projections, which would hide
+    every adapter before them."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                                                rope_base=1e4, logit_softcap=30.0, seq_len=16), 64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_each_target_adapter_changes_the_model_and_a_fresh_one_does_not(target):
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        plain = model.hidden_states(ids)
+        lora = BatchedLoRA(model, [target], rank=2, alpha=None, batch=2)
+        fresh = model.hidden_states(ids)
+        for b in lora.b:
+            b.fill_(0.1)
+        adapted = model.hidden_states(ids)
+        lora.active = False
+        off = model.hidden_states(ids)
+    lora.remove()
+    assert torch.allclose(fresh, plain, atol=1e-6)
+    assert not torch.allclose(adapted, plain, atol=1e-3)  # the projection's adapter is on the model's path
+    assert torch.equal(off, plain)
+
+
+def test_each_row_has_its_own_adapter():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (1, 16)).expand(2, -1)
+    lora = BatchedLoRA(model, ["q", "v", "mlp_fc"], rank=2, alpha=None, batch=2)
+    with torch.no_grad():
+        for b in lora.b:
+            b[1].fill_(0.1)  # row 1's adapters only
+        out = model.hidden_states(ids)
+    lora.remove()
+    assert torch.allclose(out[0], tiny_model().hidden_states(ids[:1])[0], atol=1e-6)
+    assert not torch.allclose(out[1], out[0], atol=1e-3)
