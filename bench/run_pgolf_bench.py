@@ -77,11 +77,9 @@ def apply_sets(section: dict, pairs: list[str]) -> None:
 
 
 def eval_section(cfg: dict, ablation: str | None = None) -> dict:
-    """A config's eval section with the schema's defaults filled in and, if named, one ablation's eval.* overrides
-    (`ttt` in config/challenge.yaml: the record's test-time training)."""
-    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
-    section = {k: v["default"] for k, v in schema["properties"]["eval"]["properties"].items() if "default" in v}
-    section.update(cfg["eval"])
+    """A config's eval section (load_config filled in the schema's defaults) with, if named, one ablation's
+    eval.* overrides (`ttt` in config/challenge.yaml: the record's test-time training)."""
+    section = dict(cfg["eval"])
     if ablation is not None:
         overrides = cfg["ablations"].get(ablation)
         if overrides is None:
