@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "ref_shim"))
+SHIM = Path(__file__).resolve().parents[1] / "bench" / "ref_shim"
+sys.path.insert(0, str(SHIM))
 import flash_attn_interface as fa  # noqa: E402  (the stand-in, imported as the record scripts do)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,3 +110,56 @@ def test_flash_attn_func_still_matches_dense_attention():
     got = fa.flash_attn_func(q, k, v, causal=True)
     want = torch.stack([dense(q[b], k[b], v[b], True) for b in range(2)])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+RECORD_0611 = Path(__file__).resolve().parents[1] / ".ref0611" / "train_gpt.py"
+
+# A tiny instance of the record's own model (its code, this shim), in float32 on CPU: four documents
+# packed with the record's _build_cu_seqlens, against each document run alone through flash_attn_func.
+PACKED_VS_ALONE = """
+import json, sys, torch
+sys.path[:0] = [sys.argv[2], sys.argv[1]]  # this repository's shim before the record's folder
+import flash_attn_interface
+assert flash_attn_interface.__file__.startswith(sys.argv[2])
+import train_gpt as ref
+torch.manual_seed(0)
+m = ref.GPT(ref.Hyperparameters()).float().eval()
+with torch.no_grad():
+    for p in m.parameters():
+        p.copy_(torch.randn_like(p) * 0.05 if p.dim() >= 2 else p + 0.1 * torch.randn_like(p))
+ref.BOS_ID, m.looping_active = 1, True
+docs = [torch.cat([torch.tensor([1]), torch.randint(4, 64, (n - 1,))]) for n in (7, 13, 5, 9)]
+x = torch.cat(docs)
+cu, max_seqlen = ref._build_cu_seqlens((x == 1).nonzero(as_tuple=True)[0].tolist(), x.numel(), x.device, 2048, 64)
+packed = m.forward_logits(x[None], cu_seqlens=cu, max_seqlen=max_seqlen)[0]
+alone = torch.cat([m.forward_logits(d[None])[0] for d in docs])
+w = torch.randn(packed.shape)
+params = [p for p in m.parameters() if p.requires_grad]
+g_packed = torch.autograd.grad((packed * w).sum(), params, allow_unused=True)
+g_alone = torch.autograd.grad((alone * w).sum(), params, allow_unused=True)
+grad_diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+                for a, b in zip(g_packed, g_alone) if a is not None and b is not None)
+whole = m.forward_logits(x[None])[0]
+print(json.dumps({"logits": (packed - alone).abs().max().item(), "grads_rel": grad_diff,
+                  "unmasked": (whole - alone).abs().max().item(), "cu_len": cu.numel()}))
+"""
+
+
+@pytest.mark.skipif(not RECORD_0611.is_file(), reason="no .ref0611/ (REF_RECORD=1.0611 bash bench/prepare_reference.sh)")
+def test_the_1_0611_records_model_scores_packed_documents_as_if_alone(tmp_path):
+    """Its smear gate, gates, XSA, depth recurrence and parallel lanes included (RoPE is relative, so a
+    document's offset in the packed stream changes nothing); one unmasked pass shows the check can tell."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, CASEOPS_ENABLED="1", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2",
+               VOCAB_SIZE="64", LOOP_START="1", LOOP_END="2", PARALLEL_START_LAYER="3", XSA_LAST_N="4",
+               SMEAR_GATE_ENABLED="1", SPARSE_ATTN_GATE_ENABLED="1", GATED_ATTN_QUANT_GATE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", PACKED_VS_ALONE, str(RECORD_0611.parent), str(SHIM)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    assert r["cu_len"] == 64  # padded by repeating the end, as in training
+    assert r["logits"] < 1e-5 and r["grads_rel"] < 1e-4, r
+    assert r["unmasked"] > 1e-2, r

@@ -68,18 +68,19 @@ def _backend_list():
 _PINNED = _backend_list()
 
 
-def _sdpa(q, k, v, causal, scale, gqa_native):
-    """q, k, v already in [B, H, T, D] (k, v with Hkv heads when gqa_native)."""
+def _sdpa(q, k, v, causal, scale, gqa_native, backends=None):
+    """q, k, v already in [B, H, T, D] (k, v with Hkv heads when gqa_native); backends: default the pinned one."""
     kwargs = {"is_causal": causal, "scale": scale}
     if gqa_native and k.size(1) != q.size(1):
         kwargs["enable_gqa"] = True
-    if _USE_CTX and _PINNED is not None and sdpa_kernel is not None:
-        with sdpa_kernel(_PINNED):
+    backends = backends or _PINNED
+    if _USE_CTX and backends is not None and sdpa_kernel is not None:
+        with sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, **kwargs)
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
-def _attend(q, k, v, causal, scale, gqa_native):
+def _attend(q, k, v, causal, scale, gqa_native, backends=None):
     """[B, T, H, D] in and out, as FA3 does."""
     h, hkv = q.size(2), k.size(2)
     if h % hkv != 0:
@@ -88,7 +89,7 @@ def _attend(q, k, v, causal, scale, gqa_native):
         group = h // hkv
         k = k.repeat_interleave(group, dim=2)
         v = v.repeat_interleave(group, dim=2)
-    out = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal, scale, gqa_native)
+    out = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal, scale, gqa_native, backends)
     return out.transpose(1, 2)
 
 
@@ -160,6 +161,13 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None,
 # A custom op, so torch.compile(fullgraph=True) sees one opaque call: the segment loop reads
 # cu_seqlens on the host, which a traced graph cannot. Backward recomputes each segment.
 
+# Segments come in every length (a document's 7-token tail, a 1-token piece): the pinned backend
+# first, and the others in case it refuses a shape.
+_VARLEN_BACKENDS = None if _PINNED is None else list(dict.fromkeys(
+    _PINNED + ([] if not torch.cuda.is_available() else
+               [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])))
+
+
 def _segments(cu_q, cu_k, max_q, max_k, total_q, total_k):
     """[(q_start, q_end, k_start, k_end)] of the non-empty query segments, checked as FA3 assumes them."""
     bq, bk = cu_q.tolist(), cu_k.tolist()
@@ -184,7 +192,7 @@ def _segment_attend(q, k, v, seg, causal, scale):
         return q.new_zeros(qb - qa, q.size(1), v.size(2))
     if causal and qb - qa != kb - ka:
         raise NotImplementedError("shim: causal varlen attention with seqlen_q != seqlen_k in a segment")
-    return _attend(q[None, qa:qb], k[None, ka:kb], v[None, ka:kb], causal, scale, _GQA_NATIVE)[0]
+    return _attend(q[None, qa:qb], k[None, ka:kb], v[None, ka:kb], causal, scale, _GQA_NATIVE, _VARLEN_BACKENDS)[0]
 
 
 @torch.library.custom_op("pgolf_fa3_shim::varlen_fwd", mutates_args=())
