@@ -2,7 +2,7 @@
 # The quality comparison on a GPU: the record's script and pgolf's stages on the same real
 # sp8192 tokens (bench/make_text_shards.py → .ref/data_text), same reduced batch, steps and seeds, then
 # pre-/post-quantization val_bpb per seed and a Welch test (bench/quality_summary.py).
-#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] [TTT=1 [TTT_SET=...]] bash bench/quality_side_by_side.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf"] [EMA=0.99]
+#   [PARALLEL=1 [STAGGER=1]] [EAGER=1] [TTT=1 [TTT_SET=...]] bash bench/quality_side_by_side.sh OUTDIR [SEEDS="1 2 3"] [STEPS=400] [BATCH_TOKENS=16384] [SIDES="ref pgolf", or ref0611] [EMA=0.99]
 # Needs .ref/ (bench/prepare_reference.sh) and .ref/data_text (bench/make_text_shards.py).
 # 16,384 tokens per step = 8 micro-batches of 1 × 2048; 400 steps ≈ one epoch of the 6.9M training
 # tokens. Both runs take the wall clock out of the schedule and calibrate GPTQ on 64 micro-batches.
