@@ -162,7 +162,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None,
 # cu_seqlens on the host, which a traced graph cannot. Backward recomputes each segment.
 
 # Segments come in every length (a document's 7-token tail, a 1-token piece): the pinned backend
-# first, and the others in case it refuses a shape.
+# and, in case it refuses a shape, the others (PyTorch picks among them in its own priority order;
+# each computes exact attention).
 _VARLEN_BACKENDS = None if _PINNED is None else list(dict.fromkeys(
     _PINNED + ([] if not torch.cuda.is_available() else
                [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])))
