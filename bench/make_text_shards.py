@@ -27,6 +27,17 @@ VAL_FILE = "fineweb_pg_docs_selected_sample200.jsonl"
 SEQ_LEN = 2048
 
 
+def select_texts(samples: Path) -> tuple[list[str], list[str], list[Path]]:
+    """Validation texts, training texts (in file order) and the training files of a samples folder."""
+    val_texts = read_jsonl_texts(samples / VAL_FILE)
+    train_files = sorted(p for p in samples.glob("*.jsonl") if p.name != VAL_FILE)
+    train_texts = [t for p in train_files for t in read_jsonl_texts(p)]
+    leaked = set(val_texts) & set(train_texts)
+    if leaked:
+        raise SystemExit(f"{len(leaked)} validation documents also appear in the training files")
+    return val_texts, train_texts, train_files
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", required=True, help=f"folder of JSONL samples with a `text` field, {VAL_FILE} among them")
@@ -35,12 +46,7 @@ def main() -> int:
     a = ap.parse_args()
     samples, out = Path(a.samples), Path(a.out)
     tokenizer = Path(a.tokenizer or samples / "fineweb_8192_bpe.model")
-    val_texts = read_jsonl_texts(samples / VAL_FILE)
-    train_files = sorted(p for p in samples.glob("*.jsonl") if p.name != VAL_FILE)
-    train_texts = [t for p in train_files for t in read_jsonl_texts(p)]
-    leaked = set(val_texts) & set(train_texts)
-    if leaked:
-        raise SystemExit(f"{len(leaked)} validation documents also appear in the training files")
+    val_texts, train_texts, train_files = select_texts(samples)
     data = out / "datasets" / "fineweb10B_sp8192"
     with tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "docs.jsonl"  # pgolf's docs layout: the validation documents first

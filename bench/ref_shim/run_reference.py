@@ -11,7 +11,11 @@ What this adds around the reference (its own code is imported as-is):
     REF_STOP_AFTER_TRAIN=prequant: also run the pre-quantization eval, stop before GPTQ.
     REF_STOP_AFTER_TRAIN=0: the whole script (it compresses with brotli; without the brotli
     package set COMPRESSOR=lzma).
-Usage (cwd = .ref): python3 run_reference.py   |   torchrun --standalone --nproc_per_node=N run_reference.py
+  * The 1.0611 record's _build_cu_seqlens: its max_seqlen is reported as the segment cap (2048)
+    instead of each batch's longest document. FA3 takes max_seqlen as an upper bound (the record's
+    training passes train_seq_len the same way), so nothing changes but this: a compiled eval
+    (dynamic=False) no longer recompiles for every distinct longest document of its batches.
+Usage (cwd = .ref or .ref0611): python3 run_reference.py   |   torchrun --standalone --nproc_per_node=N run_reference.py
 """
 import os
 import sys
@@ -51,6 +55,15 @@ def _pin_sdpa_flags():
         setattr(cb, name, _ignored(name))
 
 
+def _bound_max_seqlen(ref):
+    build = ref._build_cu_seqlens
+
+    def _build_cu_seqlens(bos_pos, total_len, device, max_doc_len=0, bucket_size=64):
+        cu_seqlens, max_seqlen = build(bos_pos, total_len, device, max_doc_len, bucket_size)
+        return cu_seqlens, (max_doc_len if max_doc_len > 0 else max_seqlen)
+    ref._build_cu_seqlens = _build_cu_seqlens
+
+
 class _StopAfterTraining(Exception):
     pass
 
@@ -60,6 +73,8 @@ def main():
     t0 = time.perf_counter()
     import train_gpt as ref  # the record's script; its main() is guarded by __name__
     import flash_attn_interface as shim
+    if hasattr(ref, "_build_cu_seqlens"):  # the 1.0611 record (packed documents)
+        _bound_max_seqlen(ref)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
