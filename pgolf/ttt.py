@@ -3,8 +3,10 @@
 Per-document LoRA TTT: each document is scored in chunks of `ttt_chunk_tokens` targets, each chunk with up
 to `ttt_seq_len` tokens of its own document as context; a chunk's losses are taken (the score, final) and
 only then does the document's adapter step on that chunk; the adapters start fresh at every document, and
-a document's last chunk is never trained on. Phased global TTT: after each phase of documents
-(`ttt_phase_docs`) is scored, SGD on the base weights over that phase's documents, on every rank together.
+a document's last chunk is never trained on. Phased global TTT: after each phase (`ttt_phase_docs`
+documents of `ttt_phase_order`) is scored, SGD on the base weights on every rank together, over every
+document scored so far (the 1.0611 record's form: longest first, `scored`) or over the phase just scored
+(the chunked form of earlier records: file order, `phase`).
 
 So a token's loss comes from the artifact's weights, trained only on earlier phases' documents and on the
 earlier chunks of its own document: tokens already scored (C1, C3). The loss is the cross-entropy of the
@@ -52,6 +54,8 @@ class TTTSettings:
     ttt_seq_len: int | None
     ttt_batch_docs: int
     ttt_phase_docs: list
+    ttt_phase_order: str
+    ttt_global_on: str
     ttt_global_lr: float
     ttt_global_momentum: float
     ttt_global_epochs: int
@@ -244,7 +248,7 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
     `token_nll` (tests) collects this rank's per-target losses by document index. `compile_backend` (e.g.
     "inductor") runs the model's hidden states, adapters included, through torch.compile; None: eager."""
     docs = split_documents(tokens, bos_id)
-    phases = processing_order(docs, s.ttt_phase_docs)
+    phases = processing_order(docs, s.ttt_phase_docs, s.ttt_phase_order)
     if len(phases) < len(s.ttt_phase_docs) + 1:
         log.warning("eval.ttt_phase_docs %s: only cuts inside 1..%d documents apply (%d phase(s))",
                     s.ttt_phase_docs, len(docs) - 1, len(phases))
@@ -300,9 +304,10 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
             table[rows, 1] = torch.tensor([d.num_targets for d in batch], dtype=torch.float64, device=device)
             table[rows, 2], table[rows, 3] = nbytes.double(), nll
         first_position += len(phase)
-        if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it
+        if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it (and before)
             with _adapters_off(lora):
-                global_sgd(model, stream, phase, s, context, rank, world_size, _autocast(device))
+                scored = [d for done in phases[:k + 1] for d in done] if s.ttt_global_on == "scored" else phase
+                global_sgd(model, stream, scored, s, context, rank, world_size, _autocast(device))
     return table
 
 

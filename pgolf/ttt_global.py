@@ -1,6 +1,6 @@
-"""Phased global TTT: SGD on the base weights over a phase's documents once all of them are scored.
+"""Phased global TTT: SGD on the base weights over the documents scored so far, once a phase ends.
 
-Every rank takes part in every step: a step's documents are a fixed group of the phase (in processing
+Every rank takes part in every step: a step's documents are a fixed group of them (in processing
 order), each rank computes the summed loss gradient of its share of them, the gradients and token counts
 are all-reduced, and every rank applies the same mean-gradient step. The steps therefore do not depend on
 the number of ranks (up to floating-point summation order).
@@ -46,14 +46,14 @@ def _trainable(params, on: bool) -> None:
             p.grad = None
 
 
-def global_sgd(model, stream, phase: list[Doc], s, context: int, rank: int, world_size: int, autocast) -> None:
-    """`ttt_global_epochs` passes of SGD with momentum on every base weight over the phase's documents."""
+def global_sgd(model, stream, scored: list[Doc], s, context: int, rank: int, world_size: int, autocast) -> None:
+    """`ttt_global_epochs` passes of SGD with momentum on every base weight over already scored documents."""
     params = [p for p in model.parameters()]
     _trainable(params, True)
     optimizer = torch.optim.SGD(params, lr=s.ttt_global_lr, momentum=s.ttt_global_momentum)
     device = stream.device
     for _ in range(s.ttt_global_epochs):
-        for group in batches(phase, s.ttt_global_batch_docs):
+        for group in batches(scored, s.ttt_global_batch_docs):
             pieces = [p for d in rank_share(group, rank, world_size) for p in _pieces(stream, d, context)]
             optimizer.zero_grad(set_to_none=False)
             count = torch.zeros((), dtype=torch.float64, device=device)

@@ -5,10 +5,12 @@ from its first real token up to and including the next document's BOS (predictin
 part of the score; that BOS target counts 0 bytes), so the documents' targets partition the stream's targets:
 every token is scored exactly once and the byte total is the canonical one.
 
-Processing order: documents in file order are cut into phases at `phase_docs` (document counts); within a
-phase they are sorted longest first (batches of similar lengths waste little padding). A document's
-processing position is its index in that order. Ranks take every world_size-th document of each phase, so a
-phase's documents are scored in parallel with the base weights the earlier phases left.
+Processing order: `length` (the 1.0611 record's) takes every document longest first and cuts phases after
+`phase_docs` documents of that order, so the global phases train on the longest documents; `file` cuts
+phases in file order (the chunked score-first form of earlier records). Within a phase documents go
+longest first either way (batches of similar lengths waste little padding). A document's processing
+position is its index in that order. Ranks take every world_size-th document of each phase, so a phase's
+documents are scored in parallel with the base weights the earlier phases left.
 """
 from __future__ import annotations
 
@@ -37,15 +39,20 @@ def split_documents(tokens: np.ndarray, bos_id: int, where: str = "validation st
 
 
 def phase_bounds(num_docs: int, phase_docs: list[int]) -> list[tuple[int, int]]:
-    """[first, last) file-order document ranges of the phases; phase_docs are cumulative document counts."""
+    """[first, last) processing-order ranges of the phases; phase_docs are cumulative document counts."""
     cuts = sorted({int(p) for p in phase_docs if 0 < int(p) < num_docs})
     edges = [0, *cuts, num_docs]
     return list(zip(edges[:-1], edges[1:]))
 
 
-def processing_order(docs: list[Doc], phase_docs: list[int]) -> list[list[Doc]]:
-    """Phases in order, each its documents longest first (ties: file order)."""
-    return [sorted(docs[a:b], key=lambda d: (-d.num_targets, d.index)) for a, b in phase_bounds(len(docs), phase_docs)]
+def processing_order(docs: list[Doc], phase_docs: list[int], order: str = "length") -> list[list[Doc]]:
+    """Phases in order, each its documents longest first (ties: file order); `order` says whether the
+    phases are cut from the documents longest first (`length`) or in file order (`file`)."""
+    if order not in ("length", "file"):
+        raise ValueError(f"eval.ttt_phase_order must be length or file, got {order!r}")
+    longest_first = lambda some: sorted(some, key=lambda d: (-d.num_targets, d.index))  # noqa: E731
+    cut_from = longest_first(docs) if order == "length" else docs
+    return [longest_first(cut_from[a:b]) for a, b in phase_bounds(len(docs), phase_docs)]
 
 
 def rank_share(phase: list[Doc], rank: int, world_size: int) -> list[Doc]:

@@ -1,4 +1,6 @@
 """Legality of test-time training (DESIGN.md §1, C1-C4), each rule checked on CPU with TTT on."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -53,10 +55,13 @@ def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}])
 @pytest.mark.parametrize("which", ["last", "middle"])
-def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, settings):
-    """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on)."""
+def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, form, settings):
+    """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on), in the
+    1.0611 record's form and in the chunked form."""
     tokens = doc_stream()
+    settings = functools.partial(settings, **form)
     base = run(tokens, settings())["docs"]
     order = np.argsort(base["position"])
     target = order[-1] if which == "last" else order[5]  # position 5: the middle phase, after a global step
@@ -152,6 +157,20 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
 def test_settings_name_missing_keys():
     with pytest.raises(KeyError, match="eval.ttt_lora_rank"):
         TTTSettings.from_eval_cfg({"seq_len": 64})
+
+
+@pytest.mark.parametrize("global_on", ["scored", "phase"])
+def test_each_global_phase_trains_on_what_global_on_says(global_on, monkeypatch, settings):
+    """scored (the 1.0611 record): after phase k, SGD over the documents of phases 1..k; phase (the chunked
+    form): over phase k alone. Either way only documents already scored, in processing order."""
+    import pgolf.ttt_global
+
+    trained = []
+    monkeypatch.setattr(pgolf.ttt_global, "global_sgd", lambda model, stream, scored, *args: trained.append(scored))
+    out = run(doc_stream(), settings(ttt_phase_docs=[4, 8], ttt_global_on=global_on))
+    by_position = list(np.array(out["docs"]["doc_index"])[np.argsort(out["docs"]["position"])])
+    expected = [by_position[:4], by_position[:8]] if global_on == "scored" else [by_position[:4], by_position[4:8]]
+    assert [[d.index for d in docs] for docs in trained] == expected
 
 
 def test_phase_cuts_beyond_the_documents_are_reported(settings, caplog):

@@ -18,11 +18,13 @@ def test_stream_without_leading_bos_is_refused():
         split_documents(np.array([5, 1, 6], dtype=np.uint16), bos_id=1)
 
 
-def test_phases_cut_in_file_order_and_sort_longest_first():
+def test_documents_go_longest_first_and_phases_cut_that_order():
     tokens = np.array([1, 4, 1, 4, 4, 4, 1, 4, 4, 1, 4, 4, 4, 4], dtype=np.uint16)
     docs = split_documents(tokens, bos_id=1)  # targets: 2, 4, 3, 4
     assert phase_bounds(4, [2, 9, 0]) == [(0, 2), (2, 4)]
     order = processing_order(docs, [2])
-    assert [[d.index for d in phase] for phase in order] == [[1, 0], [3, 2]]
-    assert [d.index for d in rank_share(order[0] + order[1], 1, 2)] == [0, 2]
+    assert [[d.index for d in phase] for phase in order] == [[1, 3], [2, 0]]  # ties: file order
+    assert [d.index for d in rank_share(order[0] + order[1], 1, 2)] == [3, 0]
+    by_file = processing_order(docs, [2], "file")  # the chunked form: phases in file order
+    assert [[d.index for d in phase] for phase in by_file] == [[1, 0], [3, 2]]
     assert [len(b) for b in batches(docs, 3)] == [3, 1]
