@@ -139,18 +139,24 @@ SHIM_INFO = {
 print(f"[flash_attn_interface shim] {SHIM_INFO}", file=sys.stderr)
 
 
-def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None,
-                    q_descale=None, k_descale=None, v_descale=None,
-                    window_size=(-1, -1), attention_chunk=0, softcap=0.0,
-                    num_splits=1, pack_gqa=None, deterministic=False,
-                    sm_margin=0, return_attn_probs=False):
-    """FA3's signature; the subset the records use (q, k, v, causal, softmax_scale) is implemented."""
+def _refuse_unsupported(qv, q_descale, k_descale, v_descale, window_size, attention_chunk, softcap,
+                        return_attn_probs) -> None:
+    """FA3 options the records do not use: refused rather than silently computed differently."""
     if qv is not None or q_descale is not None or k_descale is not None or v_descale is not None:
         raise NotImplementedError("shim: qv / fp8 descale are not supported")
     if tuple(window_size) != (-1, -1) or attention_chunk or softcap:
         raise NotImplementedError("shim: local windows, attention chunks and softcap are not supported")
     if return_attn_probs:
         raise NotImplementedError("shim: return_attn_probs (softmax LSE) is not supported")
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None,
+                    q_descale=None, k_descale=None, v_descale=None,
+                    window_size=(-1, -1), attention_chunk=0, softcap=0.0,
+                    num_splits=1, pack_gqa=None, deterministic=False,
+                    sm_margin=0, return_attn_probs=False):
+    """FA3's signature; the subset the records use (q, k, v, causal, softmax_scale) is implemented."""
+    _refuse_unsupported(qv, q_descale, k_descale, v_descale, window_size, attention_chunk, softcap, return_attn_probs)
     if causal and q.size(1) != k.size(1):
         # FA aligns the causal band bottom-right, SDPA's is_causal top-left.
         raise NotImplementedError("shim: causal attention with seqlen_q != seqlen_k")
@@ -284,12 +290,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """
     if seqused_q is not None or seqused_k is not None:
         raise NotImplementedError("shim: seqused_q / seqused_k are not supported")
-    if qv is not None or q_descale is not None or k_descale is not None or v_descale is not None:
-        raise NotImplementedError("shim: qv / fp8 descale are not supported")
-    if tuple(window_size) != (-1, -1) or attention_chunk or softcap:
-        raise NotImplementedError("shim: local windows, attention chunks and softcap are not supported")
-    if return_attn_probs:
-        raise NotImplementedError("shim: return_attn_probs (softmax LSE) is not supported")
+    _refuse_unsupported(qv, q_descale, k_descale, v_descale, window_size, attention_chunk, softcap, return_attn_probs)
     if q.size(1) % k.size(1) != 0:
         raise ValueError(f"query heads ({q.size(1)}) must be a multiple of kv heads ({k.size(1)})")
     return _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
