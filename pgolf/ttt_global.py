@@ -7,6 +7,8 @@ the number of ranks (up to floating-point summation order).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -47,23 +49,40 @@ def _trainable(params, on: bool) -> None:
 
 
 def global_sgd(model, stream, scored: list[Doc], s, context: int, rank: int, world_size: int, autocast) -> None:
-    """`ttt_global_epochs` passes of SGD with momentum on every base weight over already scored documents."""
+    """`ttt_global_epochs` passes of SGD with momentum on every base weight over already scored documents,
+    the LR on `ttt_global_lr_schedule` over the phase's steps, the gradient norm clipped."""
     params = [p for p in model.parameters()]
     _trainable(params, True)
     optimizer = torch.optim.SGD(params, lr=s.ttt_global_lr, momentum=s.ttt_global_momentum)
     device = stream.device
-    for _ in range(s.ttt_global_epochs):
-        for group in batches(scored, s.ttt_global_batch_docs):
-            pieces = [p for d in rank_share(group, rank, world_size) for p in _pieces(stream, d, context)]
-            optimizer.zero_grad(set_to_none=False)
-            count = torch.zeros((), dtype=torch.float64, device=device)
-            for micro in batches(pieces, s.ttt_batch_docs):  # bounded activation memory
-                loss, n = _loss_sum(model, micro, autocast)
-                loss.backward()
-                count += n
-            _mean_gradients(params, count, world_size)
-            optimizer.step()
+    steps = [group for _ in range(s.ttt_global_epochs) for group in batches(scored, s.ttt_global_batch_docs)]
+    for i, group in enumerate(steps):
+        lr = step_lr(s.ttt_global_lr, s.ttt_global_lr_schedule, i, len(steps))
+        if lr == 0.0:
+            continue  # a step that would not move the weights
+        pieces = [p for d in rank_share(group, rank, world_size) for p in _pieces(stream, d, context)]
+        optimizer.zero_grad(set_to_none=False)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        for micro in batches(pieces, s.ttt_batch_docs):  # bounded activation memory
+            loss, n = _loss_sum(model, micro, autocast)
+            loss.backward()
+            count += n
+        _mean_gradients(params, count, world_size)
+        if s.ttt_global_grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, s.ttt_global_grad_clip)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        optimizer.step()
     _trainable(params, False)
+
+
+def step_lr(peak: float, schedule: str, step: int, num_steps: int) -> float:
+    """The LR of step `step` (0-based) of a phase's `num_steps`: constant, or cosine from `peak` to 0."""
+    if schedule == "constant" or num_steps == 1:
+        return peak
+    if schedule == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * step / (num_steps - 1)))
+    raise ValueError(f"eval.ttt_global_lr_schedule must be cosine or constant, got {schedule!r}")
 
 
 def warm_up_gradients(model, stream, docs: list[Doc], s, context: int, autocast) -> None:
