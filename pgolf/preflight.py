@@ -9,6 +9,7 @@
 The Snakefile calls check_runs() once, in the main Snakemake process, whatever the executor, and
 check_local_gpu_runs() before the first job when jobs run on this machine."""
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -21,8 +22,6 @@ from pgolf import gpus
 
 log = logging.getLogger(__name__)
 
-# pgolf's packed code.py measures ~32.1 KB (docs/benchmarks.md, code bytes); a little headroom for growth.
-CODE_BYTES_ESTIMATE = 33_000
 # The estimate is only an estimate: refuse a config only when it is clearly over the limit, and
 # warn when it lands within a few percent of it.
 ERROR_ABOVE_FRACTION = 1.05
@@ -72,11 +71,20 @@ def bits_per_weight(bits: int, clip_sigmas: float) -> float:
     return min(float(bits), max(0.0, math.log2(math.sqrt(2 * math.pi * math.e) / step_sigmas)))
 
 
+@functools.lru_cache(maxsize=1)
+def packed_code_bytes() -> int:
+    """The bytes of the code.py the compress stage writes: pgolf's modules packed, measured here."""
+    from pgolf.artifact import pack_code
+
+    return len(pack_code())
+
+
 def estimate_artifact_bytes(train_cfg: Mapping, quant_cfg: Mapping, vocab_size: int,
-                            code_bytes: int = CODE_BYTES_ESTIMATE) -> dict:
+                            code_bytes: int | None = None) -> dict:
     """Compressed artifact bytes expected from the parameter count, bit widths and clip rules:
     quantized weights at their entropy (bits_per_weight) plus the coder's overhead, fp16 row
-    scales, fp16 small tensors, and the code."""
+    scales, fp16 small tensors, and the code (by default pgolf's packed code, measured)."""
+    code_bytes = packed_code_bytes() if code_bytes is None else code_bytes
     p = estimate_param_count(train_cfg, vocab_size)
     block_bits = bits_per_weight(quant_cfg["bits"], quant_cfg["clip_sigmas"])
     embed_bits = bits_per_weight(quant_cfg["embed_bits"], quant_cfg["embed_clip_sigmas"])
@@ -116,7 +124,7 @@ def check_local_gpus(train_cfg: Mapping, visible: list) -> None:
                              f"(raise train.grad_accum_steps to keep the batch) or run on a bigger machine")
 
 
-def check(config: Mapping, code_bytes: int = CODE_BYTES_ESTIMATE, where: str = "config") -> dict:
+def check(config: Mapping, code_bytes: int | None = None, where: str = "config") -> dict:
     """Run every check; raise PreflightError listing all problems, else return the estimate."""
     errors = _check_paths(config)
     estimate = None
