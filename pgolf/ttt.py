@@ -59,7 +59,7 @@ class TTTSettings:
     ttt_global_lr: float
     ttt_global_momentum: float
     ttt_global_epochs: int
-    ttt_global_batch_docs: int
+    ttt_global_batch_tokens: int
     ttt_global_lr_schedule: str
     ttt_global_grad_clip: float
     ttt_warmup_batches: int

@@ -1,7 +1,8 @@
 """Phased global TTT: SGD on the base weights over the documents scored so far, once a phase ends.
 
-Every rank takes part in every step: a step's documents are a fixed group of them (in processing
-order), each rank computes the summed loss gradient of its share of them, the gradients and token counts
+Every rank takes part in every step: a step is a fixed group of pieces of those documents (processing
+order, about `ttt_global_batch_tokens` targets, as the 1.0611 record's 32,768-token steps), each rank
+computes the summed loss gradient of its share of them, the gradients and token counts
 are all-reduced, and every rank applies the same mean-gradient step. The steps therefore do not depend on
 the number of ranks (up to floating-point summation order).
 """
@@ -55,12 +56,12 @@ def global_sgd(model, stream, scored: list[Doc], s, context: int, rank: int, wor
     _trainable(params, True)
     optimizer = torch.optim.SGD(params, lr=s.ttt_global_lr, momentum=s.ttt_global_momentum)
     device = stream.device
-    steps = [group for _ in range(s.ttt_global_epochs) for group in batches(scored, s.ttt_global_batch_docs)]
+    steps = step_groups(stream, scored, context, s.ttt_global_batch_tokens) * s.ttt_global_epochs
     for i, group in enumerate(steps):
         lr = step_lr(s.ttt_global_lr, s.ttt_global_lr_schedule, i, len(steps))
         if lr == 0.0:
             continue  # a step that would not move the weights
-        pieces = [p for d in rank_share(group, rank, world_size) for p in _pieces(stream, d, context)]
+        pieces = rank_share(group, rank, world_size)
         optimizer.zero_grad(set_to_none=False)
         count = torch.zeros((), dtype=torch.float64, device=device)
         for micro in batches(pieces, s.ttt_batch_docs):  # bounded activation memory
@@ -74,6 +75,19 @@ def global_sgd(model, stream, scored: list[Doc], s, context: int, rank: int, wor
             param_group["lr"] = lr
         optimizer.step()
     _trainable(params, False)
+
+
+def step_groups(stream, scored: list[Doc], context: int, batch_tokens: int) -> list[list]:
+    """The scored documents' pieces (processing order, each at most `context` targets, never across a
+    document's end) in steps of at least `batch_tokens` targets, the last step what is left."""
+    steps, group, tokens = [], [], 0
+    for piece in (p for d in scored for p in _pieces(stream, d, context)):
+        group.append(piece)
+        tokens += piece[1].numel()
+        if tokens >= batch_tokens:
+            steps.append(group)
+            group, tokens = [], 0
+    return steps + ([group] if group else [])
 
 
 def step_lr(peak: float, schedule: str, step: int, num_steps: int) -> float:

@@ -168,7 +168,7 @@ def test_ttt_eval_is_independent_of_the_rank_count(random_checkpoint, tiny_corpu
     from pgolf.launch import run_eval
 
     cfg = {**eval_defaults, "seq_len": 64, "ttt_lora_rank": 4, "ttt_lr": 0.01, "ttt_chunk_tokens": 32,
-           "ttt_batch_docs": 4, "ttt_phase_docs": [10, 20], "ttt_global_lr": 0.1, "ttt_global_batch_docs": 5}
+           "ttt_batch_docs": 4, "ttt_phase_docs": [10, 20], "ttt_global_lr": 0.1, "ttt_global_batch_tokens": 64}
     results, tables = {}, {}
     for nproc in (1, 2):
         out = tmp_path / f"n{nproc}" / "eval.json"

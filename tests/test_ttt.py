@@ -22,7 +22,7 @@ def settings(eval_defaults):
     def make(**overrides) -> TTTSettings:
         return TTTSettings.from_eval_cfg({**eval_defaults, "ttt_lora_rank": 4, "ttt_lr": 0.05, "ttt_chunk_tokens": 8,
                                           "ttt_batch_docs": 3, "ttt_phase_docs": [4, 8], "ttt_global_lr": 0.05,
-                                          "ttt_global_batch_docs": 3, **overrides})
+                                          "ttt_global_batch_tokens": 48, **overrides})
     return make
 
 

@@ -7,7 +7,7 @@ import torch
 
 import pgolf.ttt_global as ttt_global
 from pgolf.ttt import TTTSettings
-from pgolf.ttt_global import global_sgd, step_lr
+from pgolf.ttt_global import global_sgd, step_groups, step_lr
 from pgolf.ttt_plan import split_documents
 from test_ttt import BOS, doc_stream, tiny_model
 
@@ -22,15 +22,33 @@ def test_cosine_goes_from_the_peak_to_zero_and_constant_stays():
         step_lr(0.1, "linear", 0, 3)
 
 
+def test_steps_take_every_scored_target_once_in_pieces_of_whole_documents():
+    tokens = doc_stream()
+    stream = torch.from_numpy(tokens.astype(np.int64))
+    docs = split_documents(tokens, BOS)[:9]
+    steps = step_groups(stream, docs, 16, 40)
+    targets = [int(t) for step in steps for _, y in step for t in y]
+    assert targets == [int(t) for d in docs for t in stream[d.start + 1:d.start + 1 + d.num_targets]]
+    sizes = [[y.numel() for _, y in step] for step in steps]
+    assert all(0 < n <= 16 for step in sizes for n in step)
+    assert all(sum(step) >= 40 > sum(step[:-1]) for step in sizes[:-1])  # full steps, none overfull
+    assert 0 < sum(sizes[-1]) and len(steps) >= 3
+
+
+def _num_steps() -> int:
+    tokens = doc_stream()
+    return len(step_groups(torch.from_numpy(tokens.astype(np.int64)), split_documents(tokens, BOS)[:9], 16, 40))
+
+
 def _run(eval_defaults, **overrides):
     """One phase of global SGD over a tiny model: (weight change norm, loss evaluations)."""
     s = TTTSettings.from_eval_cfg({**eval_defaults, "ttt_global_lr": 0.1, "ttt_global_momentum": 0.0,
-                                   "ttt_global_batch_docs": 3, **overrides})
+                                   "ttt_global_batch_tokens": 40, **overrides})
     model = tiny_model()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     tokens = doc_stream()
     stream = torch.from_numpy(tokens.astype(np.int64))
-    docs = split_documents(tokens, BOS)[:9]  # three steps of three documents
+    docs = split_documents(tokens, BOS)[:9]
     calls = []
     real = ttt_global._loss_sum
     with pytest.MonkeyPatch.context() as mp:
@@ -43,11 +61,11 @@ def _run(eval_defaults, **overrides):
 def test_the_clip_bounds_each_step(eval_defaults):
     clipped, _ = _run(eval_defaults, ttt_global_grad_clip=1e-6, ttt_global_lr_schedule="constant")
     free, _ = _run(eval_defaults, ttt_global_grad_clip=0.0, ttt_global_lr_schedule="constant")
-    assert clipped <= 3 * 0.1 * 1e-6 * 1.001  # three steps, each at most lr x clip
+    assert clipped <= _num_steps() * 0.1 * 1e-6 * 1.001  # each step moves at most lr x clip
     assert free > 100 * clipped
 
 
 def test_cosine_skips_the_last_step_of_a_phase(eval_defaults):
     _, cosine_calls = _run(eval_defaults, ttt_global_lr_schedule="cosine")
     _, constant_calls = _run(eval_defaults, ttt_global_lr_schedule="constant")
-    assert constant_calls == 3 and cosine_calls == 2
+    assert constant_calls == _num_steps() and cosine_calls == _num_steps() - 1
