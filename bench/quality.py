@@ -14,7 +14,8 @@ val_bpb without sliding windows (stride = seq_len) and the quantized one with th
 prequant/full, prequant/sliding, quantized/full, quantized/sliding. "quantized" is the model rebuilt
 from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same blob scored with the
 `ttt` ablation of the config (the record's phased score-first LoRA TTT; `--ttt-set` overrides its eval
-keys, e.g. phases scaled to a small validation set), so its gain over quantized/sliding is TTT's alone.
+keys, e.g. phases scaled to a small validation set), so its gain over quantized/full is TTT's alone
+(`--no-sliding` skips the two stride-64 scores, the slow part, when only that gain is wanted).
 Writes OUT/quality.json and prints one line per score.
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
@@ -44,6 +45,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
     ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value (CPU smoke runs)")
+    ap.add_argument("--no-sliding", action="store_true",
+                    help="skip the stride-64 scores (the TTT gain is measured against quantized/full; sliding is the slow part)")
     ap.add_argument("--ttt", action="store_true", help="also score the blob with the config's ttt ablation")
     ap.add_argument("--ttt-set", nargs="*", default=[], help="eval overrides key=yaml_value for the TTT score only")
     a = ap.parse_args()
@@ -81,7 +84,10 @@ def main() -> int:
               "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
               "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
     # Full-window scores first, and quality.json rewritten after each: a run cut by its time limit keeps them.
-    for name, stride in (("full", cfg["eval"]["seq_len"]), ("sliding", cfg["eval"]["stride"])):
+    strides = {"full": cfg["eval"]["seq_len"], "sliding": cfg["eval"]["stride"]}
+    if a.no_sliding:
+        del strides["sliding"]
+    for name, stride in strides.items():
         for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
             ev = dict(cfg["eval"], stride=stride)
             r = evaluate_files("artifact" if mode == "quantized" else "prequant", path, val_dir, tokenizer, ev,

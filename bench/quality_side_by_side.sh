@@ -9,6 +9,7 @@
 # Both use EMA decay 0.99 instead of the record's 0.997: both EMAs start from the random initial
 # weights, and after 400 steps 0.997 would still hold 30% of them (0.99: 2%). Per-seed logs land in
 # OUTDIR as they finish, so a run cut by a time limit keeps them.
+# SLIDING=0: pgolf skips its two stride-64 scores (bench/quality.py --no-sliding).
 # TTT=1: pgolf also scores its blob with challenge.yaml's ttt ablation (bench/quality.py --ttt),
 # TTT_SET="key=value ..." overriding its eval keys (--ttt-set).
 # Side ref0611: the 1.0611 record's script (.ref0611/ from prepare_reference.sh with REF_RECORD=1.0611,
@@ -75,7 +76,7 @@ run_one() {
     run_0611 "$seed"
   else
     "${LIMIT[@]}" python3 bench/quality.py --out "$OUTDIR/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
-      --set ema_decay="$EMA" ${TTT:+--ttt --ttt-set ${TTT_SET:-}} > "$OUTDIR/pgolf_s$seed.log" 2>&1
+      --set ema_decay="$EMA" ${SLIDING:+$([[ $SLIDING == 0 ]] && echo --no-sliding)} ${TTT:+--ttt --ttt-set ${TTT_SET:-}} > "$OUTDIR/pgolf_s$seed.log" 2>&1
   fi
   echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
 }

@@ -212,7 +212,7 @@ def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: i
     it), then the first document alone out to a full `context` window (one row: a graph of its own under
     torch.compile, which specializes size 1). With global phases, the global steps' forward and backward
     run once on random documents too (gradients dropped, no step: the weights stay the artifact's)."""
-    from pgolf.ttt_global import warm_up_gradients
+    from pgolf.ttt_global import warm_up_gradients, warm_up_lengths
 
     gen = torch.Generator().manual_seed(WARMUP_SEED)
     chunk = s.ttt_chunk_tokens
@@ -220,8 +220,8 @@ def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: i
     for _ in range(s.ttt_warmup_batches):
         stream, docs = _warmup_docs(lengths, vocab_size, bos_id, gen)
         score_batch(model, lora, stream.to(device), docs, s, luts, context)
-    if s.ttt_warmup_batches and s.ttt_phase_docs:  # global steps: full pieces, a full micro-batch then one
-        stream, docs = _warmup_docs([context] * (s.ttt_batch_docs + 1), vocab_size, bos_id, gen)
+    if s.ttt_warmup_batches and s.ttt_phase_docs:  # global steps: a micro-batch of many rows and one of one
+        stream, docs = _warmup_docs(warm_up_lengths(s, context), vocab_size, bos_id, gen)
         with _adapters_off(lora):
             warm_up_gradients(model, stream.to(device), docs, s, context, _autocast(device))
     if lora is not None:

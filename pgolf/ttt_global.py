@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pgolf.ttt_plan import Doc, batches, rank_share
+from pgolf.ttt_plan import Doc, rank_share
 
 
 def _pieces(stream, doc: Doc, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -64,7 +64,7 @@ def global_sgd(model, stream, scored: list[Doc], s, context: int, rank: int, wor
         pieces = rank_share(group, rank, world_size)
         optimizer.zero_grad(set_to_none=False)
         count = torch.zeros((), dtype=torch.float64, device=device)
-        for micro in batches(pieces, s.ttt_batch_docs):  # bounded activation memory
+        for micro in micro_batches(pieces, _micro_tokens(s, context)):  # a whole group when its pieces are alike
             loss, n = _loss_sum(model, micro, autocast)
             loss.backward()
             count += n
@@ -90,6 +90,33 @@ def step_groups(stream, scored: list[Doc], context: int, batch_tokens: int) -> l
     return steps + ([group] if group else [])
 
 
+def micro_batches(pieces: list, max_tokens: int) -> list[list]:
+    """Consecutive runs of pieces whose right-padded batch (count × longest) stays within `max_tokens`
+    (a piece longer than that alone): the activation memory of a forward and backward is bounded by
+    tokens, not by a count of pieces (64 pieces padded to 2,048 were 131,072 tokens, 44 GB eager)."""
+    out, run, width = [], [], 0
+    for piece in pieces:
+        wider = max(width, piece[0].numel())
+        if run and (len(run) + 1) * wider > max_tokens:
+            out.append(run)
+            run, wider = [], piece[0].numel()
+        run.append(piece)
+        width = wider
+    return out + ([run] if run else [])
+
+
+def _micro_tokens(s, context: int) -> int:
+    return s.ttt_global_batch_tokens + context  # a step's group of full pieces fits in one micro-batch
+
+
+def warm_up_lengths(s, context: int) -> list[int]:
+    """Document lengths whose pieces make both micro-batch shapes the global steps can meet: many rows
+    and one row (under torch.compile a graph each, size 1 being specialized)."""
+    cap = _micro_tokens(s, context)
+    rows = cap // context
+    return [context] * (rows + 1) if rows >= 2 else [context, cap // 2, cap // 2]
+
+
 def step_lr(peak: float, schedule: str, step: int, num_steps: int) -> float:
     """The LR of step `step` (0-based) of a phase's `num_steps`: constant, or cosine from `peak` to 0."""
     if schedule == "constant" or num_steps == 1:
@@ -105,7 +132,8 @@ def warm_up_gradients(model, stream, docs: list[Doc], s, context: int, autocast)
     params = list(model.parameters())
     _trainable(params, True)
     try:
-        for micro in batches([p for d in docs for p in _pieces(stream, d, context)], s.ttt_batch_docs):
+        pieces = [p for d in docs for p in _pieces(stream, d, context)]
+        for micro in micro_batches(pieces, _micro_tokens(s, context)):
             _loss_sum(model, micro, autocast)[0].backward()
     finally:
         _trainable(params, False)

@@ -7,7 +7,7 @@ import torch
 
 import pgolf.ttt_global as ttt_global
 from pgolf.ttt import TTTSettings
-from pgolf.ttt_global import global_sgd, step_groups, step_lr
+from pgolf.ttt_global import global_sgd, micro_batches, step_groups, step_lr
 from pgolf.ttt_plan import split_documents
 from test_ttt import BOS, doc_stream, tiny_model
 
@@ -41,7 +41,7 @@ def _num_steps() -> int:
 
 
 def _run(eval_defaults, **overrides):
-    """One phase of global SGD over a tiny model: (weight change norm, loss evaluations)."""
+    """One phase of global SGD over a tiny model: (weight change norm, steps taken)."""
     s = TTTSettings.from_eval_cfg({**eval_defaults, "ttt_global_lr": 0.1, "ttt_global_momentum": 0.0,
                                    "ttt_global_batch_tokens": 40, **overrides})
     model = tiny_model()
@@ -50,9 +50,9 @@ def _run(eval_defaults, **overrides):
     stream = torch.from_numpy(tokens.astype(np.int64))
     docs = split_documents(tokens, BOS)[:9]
     calls = []
-    real = ttt_global._loss_sum
+    real = ttt_global._mean_gradients  # once per step, however many micro-batches it has
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ttt_global, "_loss_sum", lambda *a: calls.append(1) or real(*a))
+        mp.setattr(ttt_global, "_mean_gradients", lambda *a: calls.append(1) or real(*a))
         global_sgd(model, stream, docs, s, 16, 0, 1, contextlib.nullcontext())
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     return float((after - before).norm()), len(calls)
@@ -69,3 +69,14 @@ def test_cosine_skips_the_last_step_of_a_phase(eval_defaults):
     _, cosine_calls = _run(eval_defaults, ttt_global_lr_schedule="cosine")
     _, constant_calls = _run(eval_defaults, ttt_global_lr_schedule="constant")
     assert constant_calls == _num_steps() and cosine_calls == _num_steps() - 1
+
+
+def test_micro_batches_bound_the_padded_tokens_and_keep_every_piece_in_order():
+    lengths = [2048, 2048, 30, 900, 2048, 5000, 10, 10, 10]
+    pieces = [(torch.zeros(n), torch.zeros(n)) for n in lengths]
+    runs = micro_batches(pieces, 4096)
+    assert [p for run in runs for p in run] == pieces  # same objects, same order
+    for run in runs:
+        width = max(x.numel() for x, _ in run)
+        assert len(run) == 1 or len(run) * width <= 4096
+    assert [len(run) for run in runs] == [2, 2, 1, 1, 3]  # 30 after two 2,048s would pad to 3 × 2,048
