@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from pgolf import io
-from pgolf.launch import launch_env, torchrun_prefix
+from pgolf.launch import REPO_ROOT, launch_env, torchrun_prefix
+from pgolf.provenance import collect
 
 # Score lines of the records' logs, by family; each also matches its `_exact` twin, printed later with
 # more digits, so the last match of a pattern is its most precise value.
@@ -231,6 +232,7 @@ def run_external(external: dict, wallclock_seconds: float, data: dict, seed: int
         if math.isnan(summary["train_seconds"]):
             summary["train_seconds"] = wall_seconds
         summary["eval_seconds"] = max(wall_seconds - summary["train_seconds"], 0.0)
+        summary["provenance"] = collect(REPO_ROOT, device)  # the checkout, software and host it ran under
         _publish(run_dir, summary, log_text, outputs)
     return summary
 

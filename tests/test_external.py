@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from pgolf.config import section_defaults
 from pgolf.external import (ExternalScriptError, SCORE_PATTERNS, canonical_score, config_errors, parse_scores,
@@ -107,7 +108,9 @@ def test_script_runs_on_the_dags_data_and_its_scores_and_bytes_are_collected(tin
     assert summary["total_bytes"] == summary["reported_total_bytes"] == summary["model_bytes"] + summary["code_bytes"]
     assert summary["env"]["SEED"] == "7" and summary["env"]["VOCAB_SIZE"] == str(tiny_corpus.vocab_size)
     assert summary["env"]["MAX_WALLCLOCK_SECONDS"] == "60.0" and summary["env"]["ITERATIONS"] == "10"
-    assert json.loads(outputs["json"].read_text())["val_bpb"] == summary["val_bpb"]
+    written = json.loads(outputs["json"].read_text())
+    assert written["val_bpb"] == summary["val_bpb"]
+    assert written["provenance"]["torch_version"] == torch.__version__ and "git_commit" in written["provenance"]
     assert not list(outputs["json"].parent.glob(".external.*")), "scratch directory left behind"
 
 
