@@ -13,8 +13,10 @@ import time
 # pgolf.train's log line: "step <n>/<max> loss <nats> lr_scale <x> step_ms <ms> tokens_per_s <n> elapsed_s <s>"
 # (searched, not matched: rank 0's own tqdm bar on stderr may precede it on the same line)
 TRAIN_LINE = re.compile(r"\bstep (\d+)/(\d+) loss (\S+) .*step_ms (\S+) .*elapsed_s (\S+)")
-# tqdm's bar as pgolf.evaluate draws it: "eval:  45%|####  | 9/20 [00:03<00:04, 2.9batch/s]"
-EVAL_BAR = re.compile(r"\beval:\s+(\d+)%\|.*\| (\d+)/(\d+) \[[^<]*<([^,\]]*)")
+# tqdm's bar as pgolf.evaluate draws it: "eval:  45%|####  | 9/20 [00:03<00:04, 2.9batch/s]", and as
+# pgolf.ttt draws it, in scored tokens: "eval:  45%|####  | 189000/420000 [00:30<00:37, 6300.00tok/s]"
+EVAL_BAR = re.compile(r"\beval:\s+(\d+)%\|.*\| (\d+)/(\d+) \[[^<]*<([^,\]]*)(?:, *([\d.]+)([A-Za-z]+)/s)?")
+UNITS = {"batch": "batches", "tok": "tokens"}
 MIN_INTERVAL_SECONDS = 2.0  # at most one line per job this often (eval bars redraw ten times a second)
 
 
@@ -35,11 +37,14 @@ def train_progress(record: str, budget_seconds: float) -> str | None:
 
 
 def eval_progress(record: str) -> str | None:
-    """'eval 45% (9/20 batches), ETA 00:04' from a tqdm redraw."""
+    """'eval 45% (9/20 batches), ETA 00:04' from a tqdm redraw; a bar in tokens adds its rate:
+    'eval 45% (189000/420000 tokens, 6300 tokens/s), ETA 00:37'."""
     m = EVAL_BAR.search(record)
     if not m:
         return None
-    return f"eval {m[1]}% ({m[2]}/{m[3]} batches), ETA {m[4].strip() or '?'}"
+    unit = UNITS.get(m[6] or "batch", m[6])
+    rate = f", {float(m[5]):.0f} {unit}/s" if m[6] == "tok" else ""
+    return f"eval {m[1]}% ({m[2]}/{m[3]} {unit}{rate}), ETA {m[4].strip() or '?'}"
 
 
 class Reporter:

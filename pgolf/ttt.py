@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from pgolf.bpb import target_bytes
 from pgolf.lora import BatchedLoRA
@@ -297,10 +298,15 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
     device = stream.device
     table = torch.zeros(max(d.index for p in phases for d in p) + 1, 4, dtype=torch.float64, device=device)
     first_position = 0
+    shares = [rank_share(phase, rank, world_size) for phase in phases]
+    # In scored tokens, so the bar's rate is the scoring rate (pgolf.progress relays it to the terminal).
+    bar = tqdm(total=sum(d.num_targets for share in shares for d in share), desc="eval", unit="tok", leave=False,
+               disable=rank != 0)
     for k, phase in enumerate(phases):
         position = {d.index: first_position + i for i, d in enumerate(phase)}
-        for batch in batches(rank_share(phase, rank, world_size), s.ttt_batch_docs):
+        for batch in batches(shares[k], s.ttt_batch_docs):
             nll, nbytes = score_batch(model, lora, stream, batch, s, luts, context, token_nll)
+            bar.update(sum(d.num_targets for d in batch))
             rows = torch.tensor([d.index for d in batch], device=device)
             table[rows, 0] = torch.tensor([position[d.index] for d in batch], dtype=torch.float64, device=device)
             table[rows, 1] = torch.tensor([d.num_targets for d in batch], dtype=torch.float64, device=device)
@@ -310,6 +316,7 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
             with _adapters_off(lora):
                 scored = [d for done in phases[:k + 1] for d in done] if s.ttt_global_on == "scored" else phase
                 global_sgd(model, stream, scored, s, context, rank, world_size, _autocast(device))
+    bar.close()
     return table
 
 

@@ -20,6 +20,9 @@ def test_train_line_gives_loss_step_time_and_the_nearer_eta():
 
 def test_eval_bar_gives_percentage_and_eta():
     assert eval_progress(EVAL) == "eval 45% (9/20 batches), ETA 00:04"
+    assert eval_progress("eval:   3%|▏    | 1/34 [00:01<00:40,  1.13s/batch]") == "eval 3% (1/34 batches), ETA 00:40"
+    ttt_bar = "eval:  45%|████▌     | 189000/420000 [00:30<00:37, 6300.00tok/s]"  # pgolf.ttt: scored tokens
+    assert eval_progress(ttt_bar) == "eval 45% (189000/420000 tokens, 6300 tokens/s), ETA 00:37"
     assert eval_progress("train:  10%|#  | 15/150 [00:01<00:09]") is None
 
 
