@@ -97,8 +97,8 @@ def _external_record(row: dict, expect: dict | None) -> dict:
         "gpu_hours": run["wall_seconds"] * run["world_size"] / 3600.0 if on_gpu else 0.0,
         "provenance": [run.get("provenance")],
         "aborted": False,  # abort rules act inside pgolf's training loop only
-        "gate_tflops": math.nan,
-        "gate_gbps": math.nan,
+        "gate_tflops": _slowest_device(run, "tflops"),
+        "gate_gbps": _slowest_device(run, "gbps"),
         "flags": [f"seed {row['seed']}: {flag}" for flag in postflight_flags(run, run, expect, run)],
     }
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from pgolf import io
-from pgolf.launch import REPO_ROOT, launch_env, torchrun_prefix
+from pgolf.gpus import Placement
+from pgolf.launch import CPU_JOB, REPO_ROOT, launch_env, run_gate, torchrun_prefix
 from pgolf.provenance import collect
 
 # Score lines of the records' logs, by family; each also matches its `_exact` twin, printed later with
@@ -207,9 +208,11 @@ def summarize_run(log_text: str, external: dict, script: Path) -> dict:
 
 
 def run_external(external: dict, wallclock_seconds: float, data: dict, seed: int, run_id: str, outputs: dict,
-                 nproc: int, device: str, threads: int, log_path=None) -> dict:
+                 nproc: int, device: str, threads: int, log_path=None, gate: dict | None = None,
+                 placement: Placement = CPU_JOB) -> dict:
     """Run the script for one seed; `data` names train_dir, val_dir, tokenizer, vocab_size; `outputs` names
-    json, log and artifact_dir. Outputs appear only after a clean run with a canonical score."""
+    json, log and artifact_dir. Outputs appear only after a clean run with a canonical score. `gate` (the
+    config's floors) first times the job's devices, as for pgolf's training; its figures go into the JSON."""
     script = Path(external["script"])
     out_json = Path(outputs["json"])
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +224,8 @@ def run_external(external: dict, wallclock_seconds: float, data: dict, seed: int
         dag_env = link_data(scratch / "data", data["train_dir"], data["val_dir"], data["tokenizer"], data["vocab_size"])
         dag_env.update({"SEED": str(seed), "RUN_ID": run_id, "MAX_WALLCLOCK_SECONDS": str(wallclock_seconds)})
         env = {**launch_env(threads, nproc), **{k: str(v) for k, v in external["env"].items()}, **dag_env}
+        gate_record = (run_gate(device, nproc, gate, scratch / "gate.json", log_path, threads, placement)
+                       if gate else None)
         console = scratch / "console.txt"
         wall_seconds = run_script(script, run_dir, env, nproc, console, log_path)
         log_text = script_log(run_dir, run_id, console)
@@ -233,6 +238,8 @@ def run_external(external: dict, wallclock_seconds: float, data: dict, seed: int
             summary["train_seconds"] = wall_seconds
         summary["eval_seconds"] = max(wall_seconds - summary["train_seconds"], 0.0)
         summary["provenance"] = collect(REPO_ROOT, device)  # the checkout, software and host it ran under
+        if gate_record:
+            summary["gate"] = gate_record
         _publish(run_dir, summary, log_text, outputs)
     return summary
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import pgolf.external as external
 from pgolf.config import section_defaults
+from pgolf.gate import GateError
 from pgolf.external import (ExternalScriptError, SCORE_PATTERNS, canonical_score, config_errors, parse_scores,
                             parse_training, run_external)
 
@@ -82,7 +84,7 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def _run(tiny_corpus, where="out", env=None, script=SCRIPT, **overrides):
+def _run(tiny_corpus, where="out", env=None, script=SCRIPT, gate=None, **overrides):
     """One seed of the test script; output paths relative to the working directory, as Snakemake gives them."""
     external = {**section_defaults("external"), "script": str(script), "env": {"ITERATIONS": 10, **(env or {})},
                 **overrides}
@@ -91,7 +93,7 @@ def _run(tiny_corpus, where="out", env=None, script=SCRIPT, **overrides):
     data = {"train_dir": tiny_corpus.train_dir, "val_dir": tiny_corpus.val_dir, "tokenizer": tiny_corpus.tokenizer_model,
             "vocab_size": tiny_corpus.vocab_size}
     summary = run_external(external, 60.0, data, seed=7, run_id="cell_seed7", outputs=outputs, nproc=1, device="cpu",
-                           threads=1, log_path=Path("job.log"))
+                           threads=1, log_path=Path("job.log"), gate=gate)
     return summary, outputs
 
 
@@ -134,3 +136,13 @@ def test_no_artifact_file_fails_naming_the_key(tiny_corpus):
     with pytest.raises(ExternalScriptError, match=r"external\.artifact 'model\.bin'"):
         _run(tiny_corpus, artifact="model.bin")
     assert not list(Path("out").iterdir())
+
+
+def test_the_gate_times_the_devices_first_and_a_slow_one_fails_before_the_script(tiny_corpus, monkeypatch):
+    summary, outputs = _run(tiny_corpus, gate={"min_tflops": None, "min_gbps": None})
+    device = json.loads(outputs["json"].read_text())["gate"]["devices"][0]
+    assert device["device"] == "cpu" and device["tflops"] > 0 and device["gbps"] > 0
+    monkeypatch.setattr(external, "run_script", lambda *a, **k: pytest.fail("the script ran past the gate"))
+    with pytest.raises(GateError, match=r"cpu \(cpu\): .* < gate\.min_tflops"):
+        _run(tiny_corpus, where="slow", gate={"min_tflops": 1e6, "min_gbps": None})
+    assert not Path("slow").exists() or not any(Path("slow").iterdir())  # nothing of the run left

@@ -225,6 +225,7 @@ def test_external_script_cells_join_the_summary_beside_pgolfs_baseline(run):
         assert row["n_seeds"] == len(cfg["seeds"]) and 1.0 < row["val_bpb_mean"] < 20.0
         assert row["code_bytes"] == script_bytes and row["artifact_bytes_max"] > script_bytes
         assert not pd.isna(row["p_welch_vs_baseline"]) and not pd.isna(row["delta_bpb_vs_baseline"])
+        assert row["gate_tflops_min"] > 0 and row["torch_version"] == summary.loc["baseline", "torch_version"]
     assert summary.loc[cells, "steps_mean"].tolist() == [5.0, 10.0]
     assert not summary.loc["baseline", "script_eval"]
     key = summary.loc[cells[0], "key_external"]

@@ -4,6 +4,7 @@ import os
 import sys
 
 from pgolf.external import ExternalScriptError, run_external
+from pgolf.gate import GateError
 from pgolf.gpus import place
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO,  # noqa: F821 (injected by Snakemake)
@@ -22,9 +23,10 @@ with place(gpus) as placement:  # this job's own devices, held until it ends
             outputs={"json": snakemake.output.summary, "log": snakemake.output.log_txt,  # noqa: F821
                      "artifact_dir": snakemake.output.artifact},  # noqa: F821
             nproc=gpus if gpus > 0 else int(train["nproc"]), device="cuda" if gpus > 0 else "cpu",
-            threads=snakemake.threads, log_path=snakemake.log[0],  # noqa: F821
+            threads=snakemake.threads, log_path=snakemake.log[0], placement=placement,  # noqa: F821
+            gate=snakemake.config["gate"],  # noqa: F821 (as for training: floors are not params)
         )
-    except ExternalScriptError as err:
+    except (ExternalScriptError, GateError) as err:
         logging.error("%s", err)
         sys.exit(f"pgolf: {err}\n(full output: {snakemake.log[0]})")  # noqa: F821
 logging.info("%s: %s val_bpb %.8f, %d bytes", summary["script"], summary["score_line"], summary["val_bpb"],

@@ -261,6 +261,7 @@ def test_group_job_runs_train_to_evaluate_in_one_pod(tmp_path):
     assert report["outputs"] == ["out/score.txt"] and report["outcome"] == "success"
 
 
+@needs_rsync  # the fs storage plugin copies the workflow's sources with rsync before the executor starts
 def test_credential_without_a_secret_stops_before_any_request(tmp_path):
     wd, storage = _workflow(tmp_path), tmp_path / "storage"
     with FakeRunPod(tmp_path / "pods") as fake:
