@@ -21,7 +21,11 @@ distribution of mean `--doc-tokens` (811: the challenge split's 40,540,160 token
 `--val-dir` times real validation shards instead (their document lengths are what TTT's cost depends on): its
 fineweb_val_*.bin only (a folder may hold train shards too), read with `--tokenizer`, whose vocabulary must
 cover their ids. `--eval-set compile=true` compiles TTT's chunk forward (dynamic shapes); `compile=false`
-times it eager.
+times it eager. With TTT it also projects by chunk passes (pgolf.ttt_plan.chunk_passes: a batch of documents
+takes one pass per chunk of its longest document, and the passes' latency sets the time): the measured
+seconds per pass times the passes of the split, modelled as 50,000 documents of exponential lengths, on 8 GPUs.
+When the measured batches are emptier than the split's, the token projection is an upper bound and the pass
+projection a lower one.
 """
 import argparse
 import json
@@ -37,6 +41,7 @@ from pgolf.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 CHALLENGE_VAL_TOKENS = 40_540_160
+CHALLENGE_VAL_DOCS = 50_000
 CHALLENGE_GPUS = 8
 
 
@@ -51,7 +56,7 @@ def main() -> int:
     ap.add_argument("--set", nargs="*", default=[], help="train overrides key=yaml_value")
     ap.add_argument("--eval-set", nargs="*", default=[], help="eval overrides key=yaml_value")
     ap.add_argument("--ttt", action="store_true", help="time the config's ttt ablation")
-    ap.add_argument("--doc-tokens", type=float, default=CHALLENGE_VAL_TOKENS / 50_000, help="mean document length")
+    ap.add_argument("--doc-tokens", type=float, default=CHALLENGE_VAL_TOKENS / CHALLENGE_VAL_DOCS, help="mean document length")
     ap.add_argument("--val-dir", default=None, help="time these validation shards instead of random ids")
     a = ap.parse_args()
     from pgolf.launch import run_eval
@@ -82,7 +87,10 @@ def main() -> int:
         write_shard(val_dir / "fineweb_val_000000.bin", random_documents(a.val_tokens, a.doc_tokens, vocab, sp.bos_id()))
     run_eval("prequant", out / "model.pt", val_dir, a.tokenizer, cfg["eval"], a.device, out / "eval.json",
              out / "eval.log", nproc=a.nproc, threads=a.nproc)
-    report(json.loads((out / "eval.json").read_text()))
+    result = json.loads((out / "eval.json").read_text())
+    report(result)
+    if "ttt" in result:
+        report_chunk_passes(result, val_dir, sp.bos_id())
     return 0
 
 
@@ -93,6 +101,34 @@ def random_documents(num_tokens: int, mean_doc_tokens: float, vocab: int, bos_id
     starts = np.cumsum(1 + rng.exponential(mean_doc_tokens - 1, num_tokens // 2).astype(np.int64))
     ids[0], ids[starts[starts < ids.size]] = bos_id, bos_id  # each document starts with BOS
     return ids
+
+
+def split_lengths(num_docs: int = CHALLENGE_VAL_DOCS, mean_doc_tokens: float = CHALLENGE_VAL_TOKENS / CHALLENGE_VAL_DOCS) -> list[int]:
+    """A model of the challenge split's document lengths (targets each): exponential, its 50,000 documents'
+    mean, from a fixed seed. FineWeb's lengths have a heavier tail, so this undercounts the longest batches."""
+    rng = np.random.default_rng(0)
+    return (1 + rng.exponential(mean_doc_tokens - 1, num_docs)).astype(np.int64).tolist()
+
+
+def report_chunk_passes(r: dict, val_dir: Path, bos_id: int) -> None:
+    """TTT's scoring time is about its chunk passes times the time of one (pgolf.ttt_plan.chunk_passes): the
+    projection by passes, from the measured run's documents to the modelled split on 8 GPUs."""
+    from pgolf.shard_format import load_tokens, shard_paths
+    from pgolf.ttt_plan import Doc, chunk_passes, split_documents
+
+    s = r["ttt"]
+    plan = (s["ttt_phase_docs"], s["ttt_phase_order"], s["ttt_batch_docs"], s["ttt_chunk_tokens"])
+    measured = chunk_passes(split_documents(load_tokens(shard_paths(val_dir)), bos_id), *plan, r["world_size"])
+    per_pass = r["scoring_seconds"] / measured
+    split = [Doc(i, 0, n) for i, n in enumerate(split_lengths())]
+    passes = chunk_passes(split, *plan, CHALLENGE_GPUS)
+    fixed = r["eval_seconds"] - r["scoring_seconds"]
+    print(f"chunk passes: {measured:,} on the busiest rank here, {per_pass * 1000:.1f} ms each (global phases "
+          f"included); the split modelled as {len(split):,} documents of exponential lengths takes {passes:,} per "
+          f"rank on {CHALLENGE_GPUS} GPUs: {fixed:.1f} s fixed + {passes:,} x {per_pass * 1000:.1f} ms = "
+          f"{fixed + passes * per_pass:.0f} s (budget 600 s). The two projections bracket the split's time when "
+          f"the measured batches were emptier than its full ones of 64: by tokens it assumes no pass gets fuller "
+          f"(an upper bound), by passes that a fuller pass costs no more (a lower bound)", flush=True)
 
 
 def check_vocab(val_dir: Path, vocab: int, tokenizer: str) -> None:

@@ -62,3 +62,14 @@ def rank_share(phase: list[Doc], rank: int, world_size: int) -> list[Doc]:
 
 def batches(docs: list[Doc], batch_docs: int) -> list[list[Doc]]:
     return [docs[i:i + batch_docs] for i in range(0, len(docs), batch_docs)]
+
+
+def chunk_passes(docs: list[Doc], phase_docs: list[int], order: str, batch_docs: int, chunk_tokens: int,
+                 world_size: int) -> int:
+    """Chunk passes of the busiest rank: each batch of its documents runs one pass (a forward and, with
+    adapters, a backward) per `chunk_tokens` of its longest document. TTT's scoring time is about this
+    count times the time of a pass: the passes are small and many, so their latency, not FLOPs, sets it."""
+    phases = processing_order(docs, phase_docs, order)
+    return max(sum(-(-batch[0].num_targets // chunk_tokens)
+                   for phase in phases for batch in batches(rank_share(phase, rank, world_size), batch_docs))
+               for rank in range(world_size))

@@ -9,7 +9,7 @@ import pgolf.ttt as ttt
 from pgolf.bpb import byte_luts, count_doc_bytes
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import TTTSettings, evaluate_documents
-from pgolf.ttt_plan import split_documents
+from pgolf.ttt_plan import chunk_passes, split_documents
 
 VOCAB, BOS = 64, 1
 CPU = torch.device("cpu")
@@ -260,3 +260,15 @@ def test_chunk_windows_gather_what_the_row_slices_gave(chunk, context):
         assert torch.equal(mask, scored)
         assert torch.equal(w.targets[w.valid], targets[scored])
         assert torch.equal(w.prev[w.valid], inputs[scored])
+
+
+def test_chunk_passes_count_the_scoring_loops_passes(settings, monkeypatch):
+    """pgolf.ttt_plan.chunk_passes (the eval-time projection's unit) is the number of chunk forwards scoring makes."""
+    tokens, s = doc_stream(), settings(ttt_warmup_batches=0, ttt_steps=1)
+    calls = []
+    real = ttt._chunk_losses
+    monkeypatch.setattr(ttt, "_chunk_losses", lambda *a: calls.append(1) or real(*a))
+    run(tokens, s)
+    docs = split_documents(tokens, BOS)
+    assert len(calls) == chunk_passes(docs, s.ttt_phase_docs, s.ttt_phase_order, s.ttt_batch_docs,
+                                      s.ttt_chunk_tokens, 1) > len(docs)

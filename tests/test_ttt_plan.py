@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pgolf.ttt_plan import batches, phase_bounds, processing_order, rank_share, split_documents
+from pgolf.ttt_plan import Doc, batches, chunk_passes, phase_bounds, processing_order, rank_share, split_documents
 
 
 def test_documents_partition_the_stream_targets():
@@ -28,3 +28,13 @@ def test_documents_go_longest_first_and_phases_cut_that_order():
     by_file = processing_order(docs, [2], "file")  # the chunked form: phases in file order
     assert [[d.index for d in phase] for phase in by_file] == [[1, 0], [3, 2]]
     assert [len(b) for b in batches(docs, 3)] == [3, 1]
+
+
+def test_chunk_passes_are_the_busiest_ranks_longest_documents_in_chunks():
+    docs = [Doc(i, 0, n) for i, n in enumerate([100, 10, 50, 40, 9, 8])]
+    # one rank, batches of 2 longest first: (100, 50) (40, 10) (9, 8) -> 10 + 4 + 1 passes of 10 targets
+    assert chunk_passes(docs, [], "length", 2, 10, 1) == 15
+    # two ranks: rank 0 takes 100, 40, 9 -> (100, 40) (9); rank 1 takes 50, 10, 8 -> (50, 10) (8)
+    assert chunk_passes(docs, [], "length", 2, 10, 2) == 11
+    # a phase cut after the 2 longest: (100, 50) | (40, 10) (9, 8) on one rank, the same passes
+    assert chunk_passes(docs, [2], "length", 2, 10, 1) == 15
