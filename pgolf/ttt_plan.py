@@ -67,8 +67,8 @@ def batches(docs: list[Doc], batch_docs: int) -> list[list[Doc]]:
 def chunk_passes(docs: list[Doc], phase_docs: list[int], order: str, batch_docs: int, chunk_tokens: int,
                  world_size: int) -> int:
     """Chunk passes of the busiest rank: each batch of its documents runs one pass (a forward and, with
-    adapters, a backward) per `chunk_tokens` of its longest document. TTT's scoring time is about this
-    count times the time of a pass: the passes are small and many, so their latency, not FLOPs, sets it."""
+    adapters, a backward) per `chunk_tokens` of its longest document. TTT's scoring time grows with this
+    count: a pass is small, so its launch latency weighs as much as its FLOPs (bench/time_eval.py projects by both)."""
     phases = processing_order(docs, phase_docs, order)
     return max(sum(-(-batch[0].num_targets // chunk_tokens)
                    for phase in phases for batch in batches(rank_share(phase, rank, world_size), batch_docs))
