@@ -76,7 +76,7 @@ run_one() {
     run_0611 "$seed"
   else
     "${LIMIT[@]}" python3 bench/quality.py --out "$OUTDIR/pgolf_s$seed" --seed "$seed" --steps "$STEPS" --batch-tokens "$BATCH" \
-      --set ema_decay="$EMA" ${SLIDING:+$([[ $SLIDING == 0 ]] && echo --no-sliding)} ${TTT:+--ttt --ttt-set ${TTT_SET:-}} > "$OUTDIR/pgolf_s$seed.log" 2>&1
+      --set ema_decay="$EMA" $([[ ${SLIDING:-1} == 0 ]] && echo --no-sliding) ${TTT:+--ttt --ttt-set ${TTT_SET:-}} > "$OUTDIR/pgolf_s$seed.log" 2>&1
   fi
   echo "$side seed $seed: exit $? in $(( $(date +%s) - start )) s"
 }
