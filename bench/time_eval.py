@@ -3,7 +3,7 @@
 
     python3 bench/time_eval.py --out /tmp/te --nproc 1 [--val-tokens 4000000] [--device cuda]
                                [--tokenizer .ref/data/tokenizers/fineweb_8192_bpe.model] [--set key=yaml ...]
-                               [--ttt] [--doc-tokens 811] [--val-dir DIR]
+                               [--ttt] [--doc-tokens 811] [--val-dir DIR] [--rank-share 8]
 
 Random weights and random sp8192 ids: the scores mean nothing, the time is the eval stage's own
 (pgolf.launch.run_eval: in-process for 1 rank, torchrun for more). Prints the whole stage's seconds, the
@@ -25,7 +25,10 @@ times it eager. With TTT it also projects by chunk passes (pgolf.ttt_plan.chunk_
 takes one pass per chunk of its longest document; a pass is small, so its latency weighs): the measured
 seconds per pass times the passes of the split, modelled as 50,000 documents of exponential lengths, on 8 GPUs.
 When the measured batches are emptier than the split's, the token projection is an upper bound and the pass
-projection a lower one.
+projection a lower one. `--rank-share 8` measures one rank's work of 8 directly instead of projecting it:
+random documents of the split's mean length, 1/8 of its tokens, the ttt phases' document counts divided by 8
+(so the global steps train on the same longest fraction of the documents, an eighth of the split's tokens);
+on one GPU its whole-stage seconds are one rank's of 8, less the all-reduces.
 """
 import argparse
 import json
@@ -58,7 +61,11 @@ def main() -> int:
     ap.add_argument("--ttt", action="store_true", help="time the config's ttt ablation")
     ap.add_argument("--doc-tokens", type=float, default=CHALLENGE_VAL_TOKENS / CHALLENGE_VAL_DOCS, help="mean document length")
     ap.add_argument("--val-dir", default=None, help="time these validation shards instead of random ids")
+    ap.add_argument("--rank-share", type=int, default=None, metavar="GPUS",
+                    help="time one rank's share of the split on GPUS ranks (random documents; sets --val-tokens)")
     a = ap.parse_args()
+    if a.rank_share and a.val_dir:
+        ap.error("--rank-share times random documents: leave out --val-dir")
     from pgolf.launch import run_eval
     from pgolf.model import GPT, ModelConfig
     from pgolf.shard_format import write_shard
@@ -70,6 +77,9 @@ def main() -> int:
     apply_sets(cfg["train"], a.set)
     cfg["eval"] = eval_section(cfg, "ttt" if a.ttt else None)
     apply_sets(cfg["eval"], a.eval_set)
+    if a.rank_share:
+        a.val_tokens = CHALLENGE_VAL_TOKENS // a.rank_share
+        cfg["eval"]["ttt_phase_docs"] = [max(1, p // a.rank_share) for p in cfg["eval"].get("ttt_phase_docs", [])]
     sp = spm.SentencePieceProcessor(model_file=a.tokenizer)
     vocab = sp.get_piece_size()
     torch.manual_seed(0)
@@ -89,7 +99,10 @@ def main() -> int:
              out / "eval.log", nproc=a.nproc, threads=a.nproc)
     result = json.loads((out / "eval.json").read_text())
     report(result)
-    if "ttt" in result:
+    if a.rank_share:
+        print(f"one rank's share of {a.rank_share}: whole stage {result['eval_seconds']:.1f} s (budget 600 s; "
+              f"the all-reduces of {a.rank_share} ranks not included)", flush=True)
+    elif "ttt" in result:
         report_chunk_passes(result, val_dir, sp.bos_id())
     return 0
 
