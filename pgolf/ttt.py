@@ -16,7 +16,10 @@ one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never 
 Speed (the same computation): a chunk's windows are gathered from the stream by index tensors and the head
 runs on the scored columns picked by index, so the chunk loop makes no host sync; with `eval.compile` on
 CUDA the hidden states (adapters included) go through torch.compile with dynamic shapes, and the warm-up
-compiles every graph scoring needs.
+compiles every graph scoring needs. Eager, a chunk pass is thousands of small kernels (about 120 ms for
+three rows on an H200, whatever their width), so scoring needs the compiled graph. The global steps run
+eager: there are few of them, and their graphs (base weights trainable, adapters off) would cost the
+warm-up a compile of their own.
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
         optimizer = _make_optimizer(list(lora.parameters()), s)
     spans, chunk = BatchSpans.of(batch, device), s.ttt_chunk_tokens
     for first in range(0, spans.longest, chunk):
-        rows = sum(d.num_targets > first for d in batch)  # documents still running: a prefix (longest first)
+        rows = running_rows(batch, first)
         w = chunk_windows(stream, spans, rows, chunk, first, context)
         training = lora is not None and spans.longest > first + chunk
         for step in range(s.ttt_steps if training else 1):
@@ -176,6 +179,13 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
             if training:
                 _adapter_step(losses, w.valid, spans.num_targets[:rows] > first + chunk, optimizer)
     return nll, nbytes
+
+
+def running_rows(batch: list[Doc], first_target: int) -> int:
+    """Rows a chunk runs: the documents still running (a prefix, longest first), but two while the batch has
+    two. A finished document's row scores nothing (no valid target) and steps nothing (no loss), and so one
+    compiled graph serves every chunk: torch.compile specializes a size of 1 into a graph of its own."""
+    return max(sum(d.num_targets > first_target for d in batch), min(2, len(batch)))
 
 
 def _record(losses, w: ChunkWindows, luts, nll, nbytes, batch, token_nll) -> None:
@@ -205,14 +215,15 @@ def _warmup_docs(lengths: list[int], vocab_size: int, bos_id: int, gen) -> tuple
 
 
 def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: int, bos_id: int,
-            context: int, device) -> None:
+            context: int, device, one_document_batches: bool = True) -> None:
     """`ttt_warmup_batches` scoring-and-adapting passes over random documents (fixed seed): kernels, caches,
     allocator and compiled graphs warmed on the shapes scoring will use. It is given no validation token.
 
     A pass's batch covers the shapes of real batches: every row for two chunks (the chunk width and twice
-    it), then the first document alone out to a full `context` window (one row: a graph of its own under
-    torch.compile, which specializes size 1). With global phases, the global steps' forward and backward
-    run once on random documents too (gradients dropped, no step: the weights stay the artifact's)."""
+    it), then the first document out to a full `context` window (with one finished row: running_rows).
+    `one_document_batches` (scoring has a batch of one document) adds a batch of one: a row alone is a graph
+    of its own under torch.compile. With global phases, the global steps' forward and backward run once on
+    random documents too (gradients dropped, no step: the weights stay the artifact's)."""
     from pgolf.ttt_global import warm_up_gradients, warm_up_lengths
 
     gen = torch.Generator().manual_seed(WARMUP_SEED)
@@ -221,12 +232,25 @@ def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: i
     for _ in range(s.ttt_warmup_batches):
         stream, docs = _warmup_docs(lengths, vocab_size, bos_id, gen)
         score_batch(model, lora, stream.to(device), docs, s, luts, context)
-    if s.ttt_warmup_batches and s.ttt_phase_docs:  # global steps: a micro-batch of many rows and one of one
+        if one_document_batches and len(docs) > 1:
+            score_batch(model, lora, stream.to(device), docs[:1], s, luts, context)
+    if s.ttt_warmup_batches and s.ttt_phase_docs:  # the global steps' largest micro-batch: kernels, allocator
         stream, docs = _warmup_docs(warm_up_lengths(s, context), vocab_size, bos_id, gen)
-        with _adapters_off(lora):
+        with _adapters_off(lora), _uncompiled(model):
             warm_up_gradients(model, stream.to(device), docs, s, context, _autocast(device))
     if lora is not None:
         lora.reset()
+
+
+@contextlib.contextmanager
+def _uncompiled(model):
+    """The model's own hidden_states inside (evaluate_documents shadows it with the compiled one)."""
+    compiled = model.__dict__.pop("hidden_states", None)
+    try:
+        yield
+    finally:
+        if compiled is not None:
+            model.hidden_states = compiled
 
 
 @contextlib.contextmanager
@@ -261,11 +285,13 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
     luts_dev = tuple(torch.as_tensor(t, device=device) for t in luts)
     if compile_backend is not None:
         # Dynamic shapes: rows and width change from chunk to chunk. An instance attribute shadows the method
-        # (for _chunk_losses and the global steps alike); deleted again below.
+        # (for _chunk_losses; the global steps take it off: _uncompiled); deleted again below.
         model.hidden_states = torch.compile(model.hidden_states, dynamic=True, backend=compile_backend)
     try:
         started, graphs = time.perf_counter(), [_graphs_compiled()]
-        warm_up(model, lora, s, luts_dev, model.config.vocab_size, bos_id, context, device)
+        one_document = any(len(b) == 1 for phase in phases
+                           for b in batches(rank_share(phase, rank, world_size), s.ttt_batch_docs))
+        warm_up(model, lora, s, luts_dev, model.config.vocab_size, bos_id, context, device, one_document)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         warmup_seconds, graphs = time.perf_counter() - started, graphs + [_graphs_compiled()]
@@ -313,7 +339,7 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
             table[rows, 2], table[rows, 3] = nbytes.double(), nll
         first_position += len(phase)
         if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it (and before)
-            with _adapters_off(lora):
+            with _adapters_off(lora), _uncompiled(model):
                 scored = [d for done in phases[:k + 1] for d in done] if s.ttt_global_on == "scored" else phase
                 global_sgd(model, stream, scored, s, context, rank, world_size, _autocast(device))
     bar.close()

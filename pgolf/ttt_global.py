@@ -110,11 +110,8 @@ def _micro_tokens(s, context: int) -> int:
 
 
 def warm_up_lengths(s, context: int) -> list[int]:
-    """Document lengths whose pieces make both micro-batch shapes the global steps can meet: many rows
-    and one row (under torch.compile a graph each, size 1 being specialized)."""
-    cap = _micro_tokens(s, context)
-    rows = cap // context
-    return [context] * (rows + 1) if rows >= 2 else [context, cap // 2, cap // 2]
+    """Document lengths whose pieces fill the global steps' largest micro-batch (the allocator's peak)."""
+    return [context] * max(1, _micro_tokens(s, context) // context)
 
 
 def step_lr(peak: float, schedule: str, step: int, num_steps: int) -> float:
