@@ -15,7 +15,8 @@ one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never 
 
 Speed (the same computation): a chunk's windows are gathered from the stream by index tensors and the head
 runs on the scored columns picked by index, so the chunk loop makes no host sync; with `eval.compile` on
-CUDA the hidden states (adapters included) go through torch.compile with dynamic shapes, and the warm-up
+CUDA the hidden states (adapters included) go through torch.compile, the window's rows and width dynamic
+(compiled_by_window), and the warm-up
 compiles every graph scoring needs. Eager, a chunk pass is thousands of small kernels (about 120 ms for
 three rows on an H200, whatever their width), so scoring needs the compiled graph. The global steps run
 eager: there are few of them, and their graphs (base weights trainable, adapters off) would cost the
@@ -284,9 +285,9 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
             if s.ttt_lora_rank > 0 else None)
     luts_dev = tuple(torch.as_tensor(t, device=device) for t in luts)
     if compile_backend is not None:
-        # Dynamic shapes: rows and width change from chunk to chunk. An instance attribute shadows the method
-        # (for _chunk_losses; the global steps take it off: _uncompiled); deleted again below.
-        model.hidden_states = torch.compile(model.hidden_states, dynamic=True, backend=compile_backend)
+        # An instance attribute shadows the method (for _chunk_losses; the global steps take it off:
+        # _uncompiled); deleted again below.
+        model.hidden_states = compiled_by_window(model.hidden_states, compile_backend)
     try:
         started, graphs = time.perf_counter(), [_graphs_compiled()]
         one_document = any(len(b) == 1 for phase in phases
@@ -308,6 +309,19 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
         log.warning("TTT compiled %d graph(s) while scoring, shapes or modes the warm-up did not cover "
                     "(run with TORCH_LOGS=recompiles to see which)", compiled["scoring"])
     return {**_summary(table, docs, world_size), "warmup_seconds": warmup_seconds, "compiled_graphs": compiled}
+
+
+def compiled_by_window(hidden_states, backend):
+    """hidden_states through torch.compile with the window's rows and width dynamic (they change from chunk
+    to chunk) and all else static. `dynamic=True` would make every size and float symbolic: the weights'
+    shapes too, and a float made symbolic then specialized restarts the trace, which doubled the compile."""
+    compiled = torch.compile(hidden_states, backend=backend)
+
+    def by_window(inputs: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.maybe_mark_dynamic(inputs, 0)
+        torch._dynamo.maybe_mark_dynamic(inputs, 1)
+        return compiled(inputs)
+    return by_window
 
 
 def _graphs_compiled() -> int:
