@@ -9,7 +9,7 @@ import pgolf.ttt as ttt
 from pgolf.bpb import byte_luts, count_doc_bytes
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import TTTSettings, evaluate_documents
-from pgolf.ttt_plan import chunk_passes, split_documents
+from pgolf.ttt_plan import Doc, chunk_passes, split_documents
 
 VOCAB, BOS = 64, 1
 CPU = torch.device("cpu")
@@ -152,6 +152,23 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
     assert len(seen[0]) == len(seen[1])
     for a, b in zip(*seen):
         assert torch.equal(a, b)
+
+
+def test_a_documents_nll_does_not_depend_on_its_batch(settings):
+    """Batched scoring (longest first, a finished row kept beside the longest: running_rows) gives each
+    document what it gets scored alone: rows share no adapter, no score and no step."""
+    tokens = doc_stream(seed=4)
+    alone = run(tokens, settings(ttt_batch_docs=1, ttt_phase_docs=[]))["docs"]
+    batched = run(tokens, settings(ttt_batch_docs=4, ttt_phase_docs=[]))["docs"]
+    np.testing.assert_array_equal(batched["tokens"], alone["tokens"])
+    np.testing.assert_array_equal(batched["bytes"], alone["bytes"])
+    np.testing.assert_allclose(batched["nll_nats"], alone["nll_nats"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_chunk_runs_two_rows_while_its_batch_has_two():
+    docs = [Doc(0, 0, 100), Doc(1, 0, 30), Doc(2, 0, 10)]
+    assert [ttt.running_rows(docs, first) for first in (0, 16, 32, 96)] == [3, 2, 2, 2]
+    assert ttt.running_rows(docs[:1], 96) == 1
 
 
 def test_settings_name_missing_keys():
