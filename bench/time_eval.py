@@ -76,6 +76,7 @@ def main() -> int:
     cfg = load_config(a.config)  # the schema's defaults filled in
     apply_sets(cfg["train"], a.set)
     cfg["eval"] = eval_section(cfg, "ttt" if a.ttt else None)
+    split_phases = list(cfg["eval"].get("ttt_phase_docs", []))  # the config's, for the modelled split
     apply_sets(cfg["eval"], a.eval_set)
     if a.rank_share:
         a.val_tokens = CHALLENGE_VAL_TOKENS // a.rank_share
@@ -103,7 +104,7 @@ def main() -> int:
         print(f"one rank's share of {a.rank_share}: whole stage {result['eval_seconds']:.1f} s (budget 600 s; "
               f"the all-reduces of {a.rank_share} ranks not included)", flush=True)
     elif "ttt" in result:
-        report_chunk_passes(result, val_dir, sp.bos_id())
+        report_chunk_passes(result, val_dir, sp.bos_id(), split_phases)
     return 0
 
 
@@ -127,9 +128,10 @@ def split_lengths(num_docs: int = CHALLENGE_VAL_DOCS, mean_doc_tokens: float = C
     return exponential_lengths(np.random.default_rng(0), mean_doc_tokens, num_docs).tolist()
 
 
-def report_chunk_passes(r: dict, val_dir: Path, bos_id: int) -> None:
+def report_chunk_passes(r: dict, val_dir: Path, bos_id: int, split_phases: list[int]) -> None:
     """TTT's scoring time is about its chunk passes times the time of one (pgolf.ttt_plan.chunk_passes): the
-    projection by passes, from the measured run's documents to the modelled split on 8 GPUs."""
+    projection by passes, from the measured run's documents (its phases, --eval-set included) to the
+    modelled split on 8 GPUs (the config's phases: `split_phases`)."""
     from pgolf.shard_format import load_tokens, shard_paths
     from pgolf.ttt_plan import Doc, chunk_passes, split_documents
 
@@ -138,7 +140,7 @@ def report_chunk_passes(r: dict, val_dir: Path, bos_id: int) -> None:
     measured = chunk_passes(split_documents(load_tokens(shard_paths(val_dir)), bos_id), *plan, r["world_size"])
     per_pass = r["scoring_seconds"] / measured
     split = [Doc(i, 0, n) for i, n in enumerate(split_lengths())]
-    passes = chunk_passes(split, *plan, CHALLENGE_GPUS)
+    passes = chunk_passes(split, split_phases, *plan[1:], CHALLENGE_GPUS)
     fixed = r["eval_seconds"] - r["scoring_seconds"]
     print(f"chunk passes: {measured:,} on the busiest rank here, {per_pass * 1000:.1f} ms each (global phases "
           f"included); the split modelled as {len(split):,} documents of exponential lengths takes {passes:,} per "
