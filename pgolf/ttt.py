@@ -13,10 +13,10 @@ earlier chunks of its own document: tokens already scored (C1, C3). The loss is 
 full softmax over the vocabulary (C2). The documents' targets partition the stream's, each scored once in
 one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never on validation tokens.
 
-Speed (the same computation): a chunk's windows are gathered from the stream by index tensors and the head
-runs on the scored columns picked by index, so the chunk loop makes no host sync; with `eval.compile` on
-CUDA the hidden states (adapters included) go through torch.compile with the window's rows and width
-dynamic (compiled_by_window), and the warm-up compiles every graph scoring needs. Eager, a chunk pass is
+Speed (the same computation): a chunk's windows are gathered from the stream by index tensors
+(pgolf.ttt_windows) and the head runs on the scored columns picked by index, so the chunk loop makes no
+host sync; with `eval.compile` on CUDA the hidden states (adapters included) go through torch.compile with
+the window's rows and width dynamic (compiled_by_window), and the warm-up compiles every graph scoring needs. Eager, a chunk pass is
 thousands of small kernels (about 120 ms for three rows of 2,048 tokens on an H200, 40 ms compiled), so
 scoring needs the compiled graph. The global steps run eager: there are few of them, and their graphs (base
 weights trainable, adapters off) would cost the warm-up a compile of their own.
@@ -37,6 +37,7 @@ from tqdm import tqdm
 from pgolf.bpb import target_bytes
 from pgolf.lora import BatchedLoRA
 from pgolf.ttt_plan import Doc, batches, processing_order, rank_share, split_documents
+from pgolf.ttt_windows import BatchSpans, ChunkWindows, chunk_windows, running_rows
 
 log = logging.getLogger(__name__)
 WARMUP_SEED = 20240520  # the warm-up's random tokens: fixed, independent of the validation data
@@ -90,49 +91,6 @@ def _autocast(device: torch.device):
             else contextlib.nullcontext())
 
 
-@dataclass(frozen=True)
-class ChunkWindows:
-    """One chunk of a batch: the [rows, width] right-padded windows the model reads, and per row the chunk's
-    (at most `chunk`) scored targets: their window columns, previous tokens and ids, and which are real."""
-    inputs: torch.Tensor   # [rows, width] token ids, 0 after a row's window
-    cols: torch.Tensor     # [rows, chunk] window column of each scored target (clamped into the window)
-    prev: torch.Tensor     # [rows, chunk] the token before each scored target (its input)
-    targets: torch.Tensor  # [rows, chunk] scored target ids
-    valid: torch.Tensor    # [rows, chunk] bool: a real target of this chunk (a row's last chunk may be short)
-
-
-@dataclass(frozen=True)
-class BatchSpans:
-    """A batch's document starts and target counts on the device, made once per batch: each chunk's windows
-    are then index arithmetic on the device, with no per-chunk host-to-device copy."""
-    starts: torch.Tensor       # [docs] stream offset of each document's BOS
-    num_targets: torch.Tensor  # [docs]
-    longest: int               # the first document's target count (longest first)
-
-    @classmethod
-    def of(cls, batch: list[Doc], device) -> "BatchSpans":
-        both = torch.tensor([[d.start for d in batch], [d.num_targets for d in batch]], device=device)
-        return cls(both[0], both[1], batch[0].num_targets)
-
-
-def chunk_windows(stream, spans: BatchSpans, rows: int, chunk: int, first_target: int, context: int) -> ChunkWindows:
-    """The windows of the `rows` documents still running at this chunk (a prefix of the batch), each its
-    document's last `context` tokens up to the chunk's end, gathered from the stream in one indexing."""
-    device = stream.device
-    starts, ends = spans.starts[:rows], spans.num_targets[:rows].clamp(max=first_target + chunk)
-    lows = (ends - context).clamp(min=0)
-    width = min(first_target + chunk, spans.longest, context)  # the longest running window: row 0's
-    col = torch.arange(width, device=device)
-    in_window = col[None, :] < (ends - lows)[:, None]
-    index = ((starts + lows)[:, None] + col[None, :]).clamp(max=stream.numel() - 1)
-    inputs = torch.where(in_window, stream[index], 0)
-    step = torch.arange(chunk, device=device)
-    valid = step[None, :] < (ends - first_target)[:, None]
-    cols = ((first_target - lows)[:, None] + step[None, :]).clamp(max=width - 1)
-    position = (starts[:, None] + first_target + step[None, :]).clamp(max=stream.numel() - 2)
-    return ChunkWindows(inputs, cols, stream[position], stream[position + 1], valid)
-
-
 def _chunk_losses(model, w: ChunkWindows) -> torch.Tensor:
     """[rows, chunk] NLL (nats, float32) of the chunk's targets under the full softmax; 0 where not valid.
     The head runs on the scored columns only (picked by index: a fixed [rows, chunk] shape, no host sync)."""
@@ -179,13 +137,6 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
             if training:
                 _adapter_step(losses, w.valid, spans.num_targets[:rows] > first + chunk, optimizer)
     return nll, nbytes
-
-
-def running_rows(batch: list[Doc], first_target: int) -> int:
-    """Rows a chunk runs: the documents still running (a prefix, longest first), but two while the batch has
-    two. A finished document's row scores nothing (no valid target) and steps nothing (no loss), and so one
-    compiled graph serves every chunk: torch.compile specializes a size of 1 into a graph of its own."""
-    return max(sum(d.num_targets > first_target for d in batch), min(2, len(batch)))
 
 
 def _record(losses, w: ChunkWindows, luts, nll, nbytes, batch, token_nll) -> None:

@@ -9,7 +9,7 @@ import pgolf.ttt as ttt
 from pgolf.bpb import byte_luts, count_doc_bytes
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import TTTSettings, evaluate_documents
-from pgolf.ttt_plan import Doc, chunk_passes, split_documents
+from pgolf.ttt_plan import chunk_passes, split_documents
 
 VOCAB, BOS = 64, 1
 CPU = torch.device("cpu")
@@ -165,12 +165,6 @@ def test_a_documents_nll_does_not_depend_on_its_batch(settings):
     np.testing.assert_allclose(batched["nll_nats"], alone["nll_nats"], rtol=1e-5, atol=1e-6)
 
 
-def test_a_chunk_runs_two_rows_while_its_batch_has_two():
-    docs = [Doc(0, 0, 100), Doc(1, 0, 30), Doc(2, 0, 10)]
-    assert [ttt.running_rows(docs, first) for first in (0, 16, 32, 96)] == [3, 2, 2, 2]
-    assert ttt.running_rows(docs[:1], 96) == 1
-
-
 def test_settings_name_missing_keys():
     with pytest.raises(KeyError, match="eval.ttt_lora_rank"):
         TTTSettings.from_eval_cfg({"seq_len": 64})
@@ -243,40 +237,6 @@ def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, setti
     assert after_warm_up == [len(graphs)], "graphs compiled while scoring validation documents"
     assert out["compiled_graphs"] == {"warm_up": len(graphs), "scoring": 0}
     assert 0 < len(graphs) <= 2  # scoring with several rows and with one (a batch of one document); global steps eager
-
-
-def _old_chunk_windows(stream, batch, chunk, first_target, context):
-    """The per-row slicing builder chunk_windows replaced: the reference it must agree with."""
-    rows = [d for d in batch if d.num_targets > first_target]
-    ends = [min(first_target + chunk, d.num_targets) for d in rows]
-    lows = [max(0, end - context) for end in ends]
-    width = max(end - low for end, low in zip(ends, lows))
-    inputs = torch.zeros(len(rows), width, dtype=torch.long)
-    targets = torch.zeros_like(inputs)
-    scored = torch.zeros(len(rows), width, dtype=torch.bool)
-    for r, (d, low, end) in enumerate(zip(rows, lows, ends)):
-        inputs[r, :end - low] = stream[d.start + low:d.start + end]
-        targets[r, :end - low] = stream[d.start + low + 1:d.start + end + 1]
-        scored[r, first_target - low:end - low] = True
-    return inputs, targets, scored
-
-
-@pytest.mark.parametrize("chunk,context", [(8, 16), (5, 12), (7, 7), (3, 40)])
-def test_chunk_windows_gather_what_the_row_slices_gave(chunk, context):
-    """Ragged documents, every chunk: the same windows, and the same scored targets at the same columns."""
-    tokens = doc_stream(seed=2, num_docs=9)
-    stream = torch.from_numpy(tokens.astype(np.int64))
-    batch = sorted(split_documents(tokens, BOS), key=lambda d: -d.num_targets)
-    spans = ttt.BatchSpans.of(batch, CPU)
-    for first in range(0, batch[0].num_targets, chunk):
-        inputs, targets, scored = _old_chunk_windows(stream, batch, chunk, first, context)
-        w = ttt.chunk_windows(stream, spans, inputs.size(0), chunk, first, context)
-        assert torch.equal(w.inputs, inputs)
-        mask = torch.zeros_like(scored)
-        mask[torch.arange(w.cols.size(0))[:, None].expand_as(w.cols)[w.valid], w.cols[w.valid]] = True
-        assert torch.equal(mask, scored)
-        assert torch.equal(w.targets[w.valid], targets[scored])
-        assert torch.equal(w.prev[w.valid], inputs[scored])
 
 
 def test_chunk_passes_count_the_scoring_loops_passes(settings, monkeypatch):
