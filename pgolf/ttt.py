@@ -16,10 +16,10 @@ one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never 
 Speed (the same computation): a chunk's windows are gathered from the stream by index tensors
 (pgolf.ttt_windows) and the head runs on the scored columns picked by index, so the chunk loop makes no
 host sync; with `eval.compile` on CUDA the hidden states (adapters included) go through torch.compile with
-the window's rows and width dynamic (compiled_by_window), and the warm-up compiles every graph scoring needs. Eager, a chunk pass is
-thousands of small kernels (about 120 ms for three rows of 2,048 tokens on an H200, 40 ms compiled), so
-scoring needs the compiled graph. The global steps run eager: there are few of them, and their graphs (base
-weights trainable, adapters off) would cost the warm-up a compile of their own.
+the window's rows and width dynamic (compiled_by_window), and the warm-up compiles every graph scoring
+needs. Eager, a chunk pass is thousands of small kernels (about 120 ms for three rows of 2,048 tokens on an
+H200, 40 ms compiled), so scoring needs the compiled graph. The global steps run eager: there are few of
+them, and their graphs (base weights trainable, adapters off) would cost the warm-up a compile of their own.
 """
 from __future__ import annotations
 
