@@ -80,7 +80,7 @@ def main() -> int:
     apply_sets(cfg["eval"], a.eval_set)
     if a.rank_share:
         a.val_tokens = CHALLENGE_VAL_TOKENS // a.rank_share
-        cfg["eval"]["ttt_phase_docs"] = [max(1, p // a.rank_share) for p in cfg["eval"].get("ttt_phase_docs", [])]
+        cfg["eval"]["ttt_phase_docs"] = [max(1, p // a.rank_share) for p in split_phases]
     sp = spm.SentencePieceProcessor(model_file=a.tokenizer)
     vocab = sp.get_piece_size()
     torch.manual_seed(0)

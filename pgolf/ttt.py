@@ -166,7 +166,7 @@ def _warmup_docs(lengths: list[int], vocab_size: int, bos_id: int, gen) -> tuple
 
 
 def warm_up(model, lora: BatchedLoRA | None, s: TTTSettings, luts, vocab_size: int, bos_id: int,
-            context: int, device, one_document_batches: bool = True) -> None:
+            context: int, device, one_document_batches: bool) -> None:
     """`ttt_warmup_batches` scoring-and-adapting passes over random documents (fixed seed): kernels, caches,
     allocator and compiled graphs warmed on the shapes scoring will use. It is given no validation token.
 

@@ -39,8 +39,9 @@ class BatchSpans:
 
 
 def chunk_windows(stream, spans: BatchSpans, rows: int, chunk: int, first_target: int, context: int) -> ChunkWindows:
-    """The windows of the `rows` documents still running at this chunk (a prefix of the batch), each its
-    document's last `context` tokens up to the chunk's end, gathered from the stream in one indexing."""
+    """The windows of the batch's first `rows` documents (those still running at this chunk, and a finished
+    one beside a lone runner: running_rows), each its document's last `context` tokens up to the chunk's end,
+    gathered from the stream in one indexing; a finished document's row has no valid target."""
     device = stream.device
     starts, ends = spans.starts[:rows], spans.num_targets[:rows].clamp(max=first_target + chunk)
     lows = (ends - context).clamp(min=0)
