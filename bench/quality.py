@@ -16,7 +16,9 @@ from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same bl
 `ttt` ablation of the config (the record's phased score-first LoRA TTT; `--ttt-set` overrides its eval
 keys, e.g. phases scaled to a small validation set), so its gain over quantized/full is TTT's alone
 (`--no-sliding` skips the two stride-64 scores, the slow part, when only that gain is wanted).
-Writes OUT/quality.json and prints one line per score.
+Writes OUT/quality.json and prints one line per score. Run again on the same OUT, it resumes: a trained
+and compressed run (OUT/run/artifact.json) is not trained again, and the scores already in quality.json
+are kept, so a run cut by a time limit finishes in the next call (on a GPU machine that kept /tmp).
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse
@@ -50,9 +52,7 @@ def main() -> int:
     ap.add_argument("--ttt", action="store_true", help="also score the blob with the config's ttt ablation")
     ap.add_argument("--ttt-set", nargs="*", default=[], help="eval overrides key=yaml_value for the TTT score only")
     a = ap.parse_args()
-    from pgolf.artifact import compress_artifact
     from pgolf.evaluate import evaluate_files
-    from pgolf.gptq import quantize_model
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,19 +67,14 @@ def main() -> int:
     apply_sets(train, a.set)
     apply_sets(cfg["eval"], a.eval_set)
     (out / "params.json").write_text(json.dumps(train, indent=1))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
     run = out / "run"
-    with open(out / "train_stdout.log", "w") as log:
-        subprocess.run([sys.executable, "-m", "pgolf.train", "--config", str(out / "params.json"), "--train-dir",
-                        str(train_dir), "--tokenizer", str(tokenizer), "--out-dir", str(run), "--seed", str(a.seed)],
-                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    if (run / "artifact.json").is_file():
+        print(f"pgolf seed {a.seed}: resuming the trained run in {run}", flush=True)
+        art = json.loads((run / "artifact.json").read_text())
+    else:
+        art = train_and_compress(a, cfg, out, train_dir, tokenizer)
     trained = json.loads((run / "train.json").read_text())
-    t = time.perf_counter()
-    quantize_model(run / "model.pt", run / "hessians.pt", cfg["quant"], run / "quant.bin", run / "quant.json")
-    art = compress_artifact(run / "quant.bin", cfg["compress"], run / "model.blob", run / "code.py",
-                            run / "artifact.json")
-    print(f"pgolf seed {a.seed}: GPTQ + compression in {time.perf_counter() - t:.1f}s", flush=True)
-    scores = {}
+    scores = json.loads((out / "quality.json").read_text())["scores"] if (out / "quality.json").is_file() else {}
     result = {"seed": a.seed, "steps": trained["steps"], "batch_tokens": a.batch_tokens,
               "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
               "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
@@ -89,6 +84,8 @@ def main() -> int:
         del strides["sliding"]
     for name, stride in strides.items():
         for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
+            if f"{mode}_{name}" in scores:
+                continue
             ev = dict(cfg["eval"], stride=stride)
             r = evaluate_files("artifact" if mode == "quantized" else "prequant", path, val_dir, tokenizer, ev,
                                a.device, run / f"eval_{mode}_{name}.json")
@@ -96,7 +93,7 @@ def main() -> int:
             print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
                   flush=True)
             (out / "quality.json").write_text(json.dumps(result, indent=2))
-    if a.ttt:
+    if a.ttt and "quantized_ttt" not in scores:
         ev = eval_section(cfg, "ttt")
         apply_sets(ev, a.ttt_set)
         r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
@@ -105,6 +102,25 @@ def main() -> int:
               f"({r['eval_seconds']:.0f} s)", flush=True)
         (out / "quality.json").write_text(json.dumps(result, indent=2))
     return 0
+
+
+def train_and_compress(a, cfg: dict, out: Path, train_dir: Path, tokenizer: Path) -> dict:
+    """Train (a subprocess, as the train rule runs it), then GPTQ and compress; artifact.json's summary."""
+    from pgolf.artifact import compress_artifact
+    from pgolf.gptq import quantize_model
+
+    run = out / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    with open(out / "train_stdout.log", "w") as log:
+        subprocess.run([sys.executable, "-m", "pgolf.train", "--config", str(out / "params.json"), "--train-dir",
+                        str(train_dir), "--tokenizer", str(tokenizer), "--out-dir", str(run), "--seed", str(a.seed)],
+                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    t = time.perf_counter()
+    quantize_model(run / "model.pt", run / "hessians.pt", cfg["quant"], run / "quant.bin", run / "quant.json")
+    art = compress_artifact(run / "quant.bin", cfg["compress"], run / "model.blob", run / "code.py",
+                            run / "artifact.json")
+    print(f"pgolf seed {a.seed}: GPTQ + compression in {time.perf_counter() - t:.1f}s", flush=True)
+    return art
 
 
 if __name__ == "__main__":
