@@ -15,6 +15,8 @@
 # Side ref0611: the 1.0611 record's script (.ref0611/ from prepare_reference.sh with REF_RECORD=1.0611,
 # shards from bench/make_caseops_shards.py) with bench/ref0611.env, the same steps, batch, seed and EMA;
 # its log, its artifacts (OUTDIR/ref0611_sN/) and its scores with the TTT gain (OUTDIR/ref0611_sN.json).
+# Run again on the same OUTDIR (e.g. after a time limit), both sides resume: pgolf's quality.py keeps what
+# it trained and scored; a record seed already quantized is only scored with TTT (run_0611).
 set -uo pipefail
 OUTDIR="${1:?usage: quality_side_by_side.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
 SEEDS="${2:-1 2 3}"; STEPS="${3:-400}"; BATCH="${4:-16384}"; SIDES="${5:-ref pgolf}"; EMA="${6:-0.99}"
@@ -49,16 +51,26 @@ fi
 # RUN_TIMEOUT=S stops each run after S seconds, so the summary still runs inside an outer time limit.
 LIMIT=(); [[ -n "${RUN_TIMEOUT:-}" ]] && LIMIT=(timeout "$RUN_TIMEOUT")
 run_0611() {  # seed: the 1.0611 record's script, run from .ref0611 with its artifacts in OUTDIR/ref0611_sN
-  local seed="$1" art="$OUTDIR/ref0611_s$1"
+  local seed="$1" art="$OUTDIR/ref0611_s$1" log="$OUTDIR/ref0611_s$1.log" trained="$OUTDIR/ref0611_s$1.train.log"
+  # Run again on the same OUTDIR, a seed with its TTT score is left alone, and one trained and quantized
+  # (its artifact kept) is only scored with TTT: the record's TTT_EVAL_ONLY=1, its training log kept beside.
+  if grep -qs '^quantized_ttt_phased ' "$log"; then echo "ref0611 seed $seed: scored already"; return 0; fi
+  local ttt_only=0
+  if [[ -f $art/final_model.int6.ptz ]] && grep -qs '^diagnostic quantized ' "$trained" "$log"; then
+    [[ -f $trained ]] || mv "$log" "$trained"; ttt_only=1
+  else
+    rm -f "$trained"
+  fi
   mkdir -p "$art" && rm -f "$art/quality0611_s$seed.txt"  # the record appends to its log file
   (set -a; . bench/ref0611.env; set +a
    cd .ref0611 && PYTHONUNBUFFERED=1 SEED="$seed" RUN_ID="quality0611_s$seed" ARTIFACT_DIR="$art" \
      DATA_PATH="$ROOT/$CASEOPS/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved" \
      TOKENIZER_PATH="$ROOT/$CASEOPS/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model" \
-     ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" EMA_DECAY="$EMA" REF_STOP_AFTER_TRAIN=0 \
-     "${LIMIT[@]}" python3 run_reference.py) > "$OUTDIR/ref0611_s$seed.log" 2>&1
+     ITERATIONS="$STEPS" TRAIN_BATCH_TOKENS="$BATCH" EMA_DECAY="$EMA" REF_STOP_AFTER_TRAIN=0 TTT_EVAL_ONLY="$ttt_only" \
+     "${LIMIT[@]}" python3 run_reference.py) > "$log" 2>&1
   local rc=$?
-  python3 bench/ref0611_scores.py "$OUTDIR/ref0611_s$seed.log" --seed "$seed" --json "$OUTDIR/ref0611_s$seed.json" >/dev/null
+  python3 bench/ref0611_scores.py $([[ -f $trained ]] && echo "$trained") "$log" --seed "$seed" \
+    --json "$OUTDIR/ref0611_s$seed.json" >/dev/null
   return $rc
 }
 run_one() {
@@ -84,7 +96,7 @@ run_one() {
 # compiled: they then load Inductor's cached graphs and kernels (same code, same shapes) instead of
 # compiling the same model three times at once on 16 cores.
 compiled() {  # side seed -> true once that run logged its first step after compiling
-  if [[ "$1" == ref* ]]; then grep -qE '^1/[0-9]+ train_loss' "$OUTDIR/$1_s$2.log" 2>/dev/null
+  if [[ "$1" == ref* ]]; then grep -qsE '^1/[0-9]+ train_loss' "$OUTDIR/$1_s$2.log" "$OUTDIR/$1_s$2.train.log"
   else grep -q 'compile warm-up' "$OUTDIR/pgolf_s$2/train_stdout.log" 2>/dev/null; fi
 }
 SEED_LIST=($SEEDS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scores of one run of the 1.0611 record's train_gpt.py, read from its log, and its TTT gain.
 
-    python3 bench/ref0611_scores.py LOG --seed N [--json OUT.json]
+    python3 bench/ref0611_scores.py LOG [LOG ...] --seed N [--json OUT.json]
 
 The lines read (the record prints them in this order):
   diagnostic pre-quantization post-ema val_loss:L val_bpb:B eval_time:Tms  → prequant_full
@@ -11,6 +11,7 @@ The lines read (the record prints them in this order):
 TTT on the same artifact). ttt_gain_bpb = quantized_ttt − quantized_full, the record's own
 "post-TTT minus post-quantization" (1.07254 → 1.05989 on its seed 42: −0.01265).
 Keys follow bench/quality.py's quality.json, so bench/quality_summary.py reads both alike.
+Several logs are read as one, in order: a training run's, then its TTT_EVAL_ONLY=1 re-run's.
 """
 import argparse
 import json
@@ -43,14 +44,15 @@ def parse(text: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("log")
+    ap.add_argument("logs", nargs="+", metavar="log")
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--json", help="write the result here")
     a = ap.parse_args()
-    log = Path(a.log)
-    if not log.is_file():
-        raise SystemExit(f"{log}: no such log")
-    result = {"seed": a.seed, "log": str(log), **parse(log.read_text(errors="replace"))}
+    logs = [Path(log) for log in a.logs]
+    if missing := [str(log) for log in logs if not log.is_file()]:
+        raise SystemExit(f"{', '.join(missing)}: no such log")
+    text = "".join(log.read_text(errors="replace") for log in logs)
+    result = {"seed": a.seed, "logs": [str(log) for log in logs], **parse(text)}
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

@@ -1,4 +1,4 @@
-"""The 1.0611 record's side of the quality comparison: bench/ref0611.env and bench/ref0611_scores.py."""
+"""The 1.0611 record's side of the quality comparison: bench/ref0611.env, bench/ref0611_scores.py and its runner's resume."""
 import json
 import os
 import re
@@ -84,3 +84,48 @@ def test_the_records_own_seed_42_log():
     r = ref0611_scores.parse((REF / "record_train_seed42.log").read_text())
     assert r["scores"]["quantized_full"]["val_bpb"] == pytest.approx(1.07254, abs=5e-6)
     assert r["ttt_gain_bpb"] == pytest.approx(1.05989 - 1.07254, abs=1e-5) and r["steps"] == 4945
+
+
+FAKE_RECORD = '''"""Stands in for the record's script as the runner relies on it: scores printed in its log format, the
+quantized artifact written to ARTIFACT_DIR before its quantized score, TTT_EVAL_ONLY=1 loading it back."""
+import os, pathlib, sys
+art = pathlib.Path(os.environ["ARTIFACT_DIR"])
+with open(os.environ["FAKE_CALLS"], "a") as calls:
+    calls.write(os.environ["TTT_EVAL_ONLY"] + "\\n")
+if os.environ["TTT_EVAL_ONLY"] != "1":
+    print("1/400 train_loss: 9.0000 train_time: 0.1m tok/s: 1000")
+    print("diagnostic pre-quantization post-ema val_loss:4.10000000 val_bpb:1.90000000 eval_time:1000ms")
+    (art / "final_model.int6.ptz").write_bytes(b"artifact")
+    print("diagnostic quantized val_loss:4.20000000 val_bpb:1.95000000 eval_time:1000ms")
+    if os.environ.get("FAKE_CUT_BEFORE_TTT"):
+        sys.exit(124)
+(art / "final_model.int6.ptz").read_bytes()
+print("quantized_ttt_phased val_loss:4.15000000 val_bpb:1.93000000 eval_time:2000ms")
+'''
+
+
+def test_a_record_seed_cut_before_ttt_is_only_scored_with_ttt_when_run_again(tmp_path):
+    import shutil
+
+    for name in ("quality_side_by_side.sh", "ref0611.env", "ref0611_scores.py", "quality_summary.py"):
+        (tmp_path / "bench").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "bench" / name, tmp_path / "bench" / name)
+    (tmp_path / ".ref0611").mkdir()
+    (tmp_path / ".ref0611" / "run_reference.py").write_text(FAKE_RECORD)
+    val = tmp_path / ".ref0611/data_caseops/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+    val.mkdir(parents=True)
+    (val / "fineweb_val_bytes_000000.bin").write_bytes(b"")
+    calls, out = tmp_path / "calls.txt", tmp_path / "out"
+    env = dict(os.environ, FAKE_CALLS=str(calls), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def run(**extra):
+        cmd = ["bash", "bench/quality_side_by_side.sh", str(out), "1", "400", "16384", "ref0611"]
+        subprocess.run(cmd, cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        return json.loads((out / "ref0611_s1.json").read_text())
+
+    assert "ttt_gain_bpb" not in run(FAKE_CUT_BEFORE_TTT="1")
+    resumed = run()
+    assert calls.read_text().split() == ["0", "1"]  # trained once, then TTT only
+    assert resumed["ttt_gain_bpb"] == pytest.approx(-0.02) and resumed["scores"]["prequant_full"]["val_bpb"] == 1.9
+    assert (out / "ref0611_s1.train.log").is_file()
+    assert run()["ttt_gain_bpb"] == pytest.approx(-0.02) and calls.read_text().split() == ["0", "1"]
