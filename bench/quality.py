@@ -17,8 +17,9 @@ from the compressed blob alone. `--ttt` adds a fifth, quantized/ttt: the same bl
 keys, e.g. phases scaled to a small validation set), so its gain over quantized/full is TTT's alone
 (`--no-sliding` skips the two stride-64 scores, the slow part, when only that gain is wanted).
 Writes OUT/quality.json and prints one line per score. Run again on the same OUT, it resumes: a trained
-and compressed run (OUT/run/artifact.json) is not trained again, and the scores already in quality.json
-are kept, so a run cut by a time limit finishes in the next call (on a GPU machine that kept /tmp).
+and compressed run (OUT/run/artifact.json) is not trained again (with other training settings it stops
+and asks for another OUT), and a score already in quality.json with the same --eval-set (and --ttt-set)
+is kept, so a run cut by a time limit finishes in the next call (on a GPU machine that kept /tmp).
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse
@@ -66,15 +67,15 @@ def main() -> int:
                  log_every=10)
     apply_sets(train, a.set)
     apply_sets(cfg["eval"], a.eval_set)
-    (out / "params.json").write_text(json.dumps(train, indent=1))
     run = out / "run"
     if (run / "artifact.json").is_file():
+        scores = resumed_scores(out, train)
         print(f"pgolf seed {a.seed}: resuming the trained run in {run}", flush=True)
         art = json.loads((run / "artifact.json").read_text())
     else:
-        art = train_and_compress(a, cfg, out, train_dir, tokenizer)
+        (out / "params.json").write_text(json.dumps(train, indent=1))
+        art, scores = train_and_compress(a, cfg, out, train_dir, tokenizer), {}
     trained = json.loads((run / "train.json").read_text())
-    scores = json.loads((out / "quality.json").read_text())["scores"] if (out / "quality.json").is_file() else {}
     result = {"seed": a.seed, "steps": trained["steps"], "batch_tokens": a.batch_tokens,
               "final_train_loss": trained["final_train_loss"], "train_seconds": trained["train_seconds"],
               "artifact": {k: art[k] for k in art if k.endswith("bytes")}, "scores": scores}
@@ -84,24 +85,35 @@ def main() -> int:
         del strides["sliding"]
     for name, stride in strides.items():
         for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
-            if f"{mode}_{name}" in scores:
+            settings = {"eval_set": a.eval_set}
+            if scores.get(f"{mode}_{name}", {}).get("settings") == settings:
                 continue
             ev = dict(cfg["eval"], stride=stride)
             r = evaluate_files("artifact" if mode == "quantized" else "prequant", path, val_dir, tokenizer, ev,
                                a.device, run / f"eval_{mode}_{name}.json")
-            scores[f"{mode}_{name}"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"]}
+            scores[f"{mode}_{name}"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "settings": settings}
             print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
                   flush=True)
             (out / "quality.json").write_text(json.dumps(result, indent=2))
-    if a.ttt and "quantized_ttt" not in scores:
+    ttt_settings = {"eval_set": a.eval_set, "ttt_set": a.ttt_set}
+    if a.ttt and scores.get("quantized_ttt", {}).get("settings") != ttt_settings:
         ev = eval_section(cfg, "ttt")
         apply_sets(ev, a.ttt_set)
         r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
-        scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"]}
+        scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"],
+                                   "settings": ttt_settings}
         print(f"pgolf seed {a.seed} quantized ttt     val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f} "
               f"({r['eval_seconds']:.0f} s)", flush=True)
         (out / "quality.json").write_text(json.dumps(result, indent=2))
     return 0
+
+
+def resumed_scores(out: Path, train: dict) -> dict:
+    """The scores a trained OUT already holds, each with the overrides it was computed with (main computes a
+    score again when they differ); a run trained with other settings is refused."""
+    if json.loads((out / "params.json").read_text()) != train:
+        raise SystemExit(f"{out} holds a run trained with other settings ({out / 'params.json'}): use another --out")
+    return json.loads((out / "quality.json").read_text())["scores"] if (out / "quality.json").is_file() else {}
 
 
 def train_and_compress(a, cfg: dict, out: Path, train_dir: Path, tokenizer: Path) -> dict:

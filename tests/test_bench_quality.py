@@ -1,5 +1,7 @@
 """bench/quality.py: a second run on the same OUT resumes, training nothing and scoring only what is missing."""
 import json
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -48,3 +50,12 @@ def test_a_second_run_trains_nothing_and_scores_only_what_is_missing(tmp_path, m
     assert run_main(monkeypatch, out, data, "--ttt") == ([], [])
     scores = json.loads((out / "quality.json").read_text())["scores"]
     assert sorted(scores) == ["prequant_full", "quantized_full", "quantized_ttt"]
+
+
+def test_a_score_made_with_other_overrides_is_made_again_and_other_training_is_refused(tmp_path, monkeypatch):
+    data, out = data_dir(tmp_path / "data"), tmp_path / "out"
+    run_main(monkeypatch, out, data, "--ttt")
+    assert run_main(monkeypatch, out, data, "--ttt", "--ttt-set", "ttt_lr=0.001") == ([], ["eval_quantized_ttt.json"])
+    assert run_main(monkeypatch, out, data, "--ttt", "--ttt-set", "ttt_lr=0.001") == ([], [])
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        run_main(monkeypatch, out, data, "--steps", "20")
