@@ -16,7 +16,10 @@
 # shards from bench/make_caseops_shards.py) with bench/ref0611.env, the same steps, batch, seed and EMA;
 # its log, its artifacts (OUTDIR/ref0611_sN/) and its scores with the TTT gain (OUTDIR/ref0611_sN.json).
 # Run again on the same OUTDIR (e.g. after a time limit), both sides resume: pgolf's quality.py keeps what
-# it trained and scored; a record seed already quantized is only scored with TTT (run_0611).
+# it trained and scored; a record seed already quantized is only scored with TTT (run_0611), which draws
+# its LoRA initialisation at another point of the random stream than the full run would (same
+# distribution, not the same numbers). A rerun starts every seed at once (STAGGER sees the first run's
+# logs): run it on the machine that kept Inductor's cache in /tmp.
 set -uo pipefail
 OUTDIR="${1:?usage: quality_side_by_side.sh OUTDIR [SEEDS] [STEPS] [BATCH_TOKENS] [SIDES] [EMA]}"
 SEEDS="${2:-1 2 3}"; STEPS="${3:-400}"; BATCH="${4:-16384}"; SIDES="${5:-ref pgolf}"; EMA="${6:-0.99}"
