@@ -27,8 +27,10 @@ seconds per pass times the passes of the split, modelled as 50,000 documents of 
 When the measured batches are emptier than the split's, the token projection is an upper bound and the pass
 projection a lower one. `--rank-share 8` measures one rank's work of 8 directly instead of projecting it:
 random documents of the split's mean length, 1/8 of its tokens, the ttt phases' document counts divided by 8
-(so the global steps train on the same longest fraction of the documents, an eighth of the split's tokens);
-on one GPU its whole-stage seconds are one rank's of 8, less the all-reduces.
+(so the global steps train on the same longest fraction of the documents, an eighth of the split's tokens),
+and a global batch for which it takes as many global steps as one rank of 8 does on the modelled split (8 ranks
+split each step, so that is 8 times as many steps of about an eighth of the targets); on one GPU its
+whole-stage seconds are one rank's of 8, less the all-reduces.
 """
 import argparse
 import json
@@ -80,7 +82,7 @@ def main() -> int:
     apply_sets(cfg["eval"], a.eval_set)
     if a.rank_share:
         a.val_tokens = CHALLENGE_VAL_TOKENS // a.rank_share
-        cfg["eval"]["ttt_phase_docs"] = [max(1, p // a.rank_share) for p in split_phases]
+        cfg["eval"] = share_of_rank(cfg["eval"], split_phases, a.rank_share)
     sp = spm.SentencePieceProcessor(model_file=a.tokenizer)
     vocab = sp.get_piece_size()
     torch.manual_seed(0)
@@ -102,10 +104,51 @@ def main() -> int:
     report(result)
     if a.rank_share:
         print(f"one rank's share of {a.rank_share}: whole stage {result['eval_seconds']:.1f} s (budget 600 s; "
-              f"the all-reduces of {a.rank_share} ranks not included)", flush=True)
+              f"the all-reduces of {a.rank_share} ranks not included; global steps of "
+              f"{cfg['eval']['ttt_global_batch_tokens']:,} targets, as many as one rank's)", flush=True)
     elif "ttt" in result:
         report_chunk_passes(result, val_dir, sp.bos_id(), split_phases)
     return 0
+
+
+def share_of_rank(eval_cfg: dict, split_phases: list[int], gpus: int) -> dict:
+    """The eval section for one rank's share of `gpus`: the phases' document counts divided by `gpus` (the
+    global steps train on the same longest fraction of the documents), and a global batch for which the
+    share takes as many global steps as one of `gpus` ranks does on the modelled split. There each step's
+    pieces are dealt across the ranks (pgolf.ttt_global), so a rank's part is about 1/`gpus` of a step."""
+    phases = [max(1, p // gpus) for p in split_phases]
+    split = split_docs()
+    context = eval_cfg.get("ttt_seq_len") or eval_cfg["seq_len"]
+    on = eval_cfg["ttt_global_on"]
+    target = len(rank0_global_steps(split, split_phases, eval_cfg["ttt_global_batch_tokens"], gpus, context, on))
+    share = split[::gpus]
+    low, high = 1, eval_cfg["ttt_global_batch_tokens"]  # the share's step count falls as its batch grows
+    while low < high:
+        mid = (low + high) // 2
+        if len(rank0_global_steps(share, phases, mid, 1, context, on)) > target:
+            low = mid + 1
+        else:
+            high = mid
+    return dict(eval_cfg, ttt_phase_docs=phases, ttt_global_batch_tokens=low)
+
+
+def rank0_global_steps(docs: list, phases: list[int], batch_tokens: int, world_size: int, context: int,
+                       on: str) -> list[int]:
+    """Targets rank 0 of `world_size` trains on in each global step after each phase but the last
+    (pgolf.ttt: on every document scored so far, or on the phase just scored)."""
+    import torch
+
+    from pgolf.ttt_global import step_groups
+    from pgolf.ttt_plan import processing_order, rank_share
+
+    stream = torch.zeros(max(d.start + d.num_targets + 1 for d in docs), dtype=torch.uint8)  # lengths only
+    cut = processing_order(docs, phases)
+    steps = []
+    for k in range(len(cut) - 1):
+        trained = [d for phase in cut[:k + 1] for d in phase] if on == "scored" else cut[k]
+        for group in step_groups(stream, trained, context, batch_tokens):
+            steps.append(sum(targets.numel() for _, targets in rank_share(group, 0, world_size)))
+    return steps
 
 
 def random_documents(num_tokens: int, mean_doc_tokens: float, vocab: int, bos_id: int) -> np.ndarray:
@@ -122,6 +165,15 @@ def exponential_lengths(rng, mean_doc_tokens: float, num_docs: int) -> np.ndarra
     return 1 + rng.exponential(mean_doc_tokens - 1, num_docs).astype(np.int64)
 
 
+def split_docs() -> list:
+    """The modelled split as documents of one stream (a BOS before each)."""
+    from pgolf.ttt_plan import Doc
+
+    lengths = split_lengths()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1] + np.arange(1, len(lengths))])
+    return [Doc(i, int(start), n) for i, (start, n) in enumerate(zip(starts, lengths))]
+
+
 def split_lengths(num_docs: int = CHALLENGE_VAL_DOCS, mean_doc_tokens: float = CHALLENGE_VAL_TOKENS / CHALLENGE_VAL_DOCS) -> list[int]:
     """A model of the challenge split's document lengths: exponential with its 50,000 documents' mean, from a
     fixed seed (FineWeb-sample lengths rescaled to that mean gave 3 % fewer chunk passes: docs/benchmarks.md)."""
@@ -133,13 +185,13 @@ def report_chunk_passes(r: dict, val_dir: Path, bos_id: int, split_phases: list[
     projection by passes, from the measured run's documents (its phases, --eval-set included) to the
     modelled split on 8 GPUs (the config's phases: `split_phases`)."""
     from pgolf.shard_format import load_tokens, shard_paths
-    from pgolf.ttt_plan import Doc, chunk_passes, split_documents
+    from pgolf.ttt_plan import chunk_passes, split_documents
 
     s = r["ttt"]
     plan = (s["ttt_phase_docs"], s["ttt_phase_order"], s["ttt_batch_docs"], s["ttt_chunk_tokens"])
     measured = chunk_passes(split_documents(load_tokens(shard_paths(val_dir)), bos_id), *plan, r["world_size"])
     per_pass = r["scoring_seconds"] / measured
-    split = [Doc(i, 0, n) for i, n in enumerate(split_lengths())]
+    split = split_docs()
     passes = chunk_passes(split, split_phases, *plan[1:], CHALLENGE_GPUS)
     fixed = r["eval_seconds"] - r["scoring_seconds"]
     print(f"chunk passes: {measured:,} on the busiest rank here, {per_pass * 1000:.1f} ms each (global phases "
