@@ -136,8 +136,6 @@ def rank0_global_steps(docs: list, phases: list[int], batch_tokens: int, world_s
                        on: str) -> list[int]:
     """Targets rank 0 of `world_size` trains on in each global step after each phase but the last
     (pgolf.ttt: on every document scored so far, or on the phase just scored)."""
-    import torch
-
     from pgolf.ttt_global import step_groups
     from pgolf.ttt_plan import processing_order, rank_share
 
