@@ -165,7 +165,10 @@ class FakeRunPod:
 
     def _kill(self, pod: FakePod):
         if pod.proc is not None and pod.proc.poll() is None:
-            os.killpg(pod.proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(pod.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the container ended between the poll and the kill (a crashing one does, every second)
 
     # ------------------------------------------------------------------ API
     def _deploy(self, query: str) -> dict:

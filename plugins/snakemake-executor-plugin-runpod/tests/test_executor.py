@@ -313,3 +313,13 @@ def test_ctrl_c_terminates_this_runs_pods_only(tmp_path, sigint_caught):
                 proc.kill()
                 proc.communicate()
     _assert_no_secret(out, err)
+
+
+def test_the_fake_terminates_a_pod_whose_container_ended_just_before(tmp_path):
+    """A crashing container exits every second: between the fake's poll and its kill is a race, and a
+    terminate request must still get its answer (the executor retries one that got none)."""
+    container = subprocess.Popen(["true"], start_new_session=True)
+    container.wait()
+    container.poll = lambda: None  # seen running, gone by the kill
+    with FakeRunPod(tmp_path / "pods") as fake:
+        fake._kill(type("Pod", (), {"proc": container})())
