@@ -134,17 +134,16 @@ def share_of_rank(eval_cfg: dict, split_phases: list[int], gpus: int) -> dict:
 
 def rank0_global_steps(docs: list, phases: list[int], batch_tokens: int, world_size: int, context: int,
                        on: str) -> list[int]:
-    """Targets rank 0 of `world_size` trains on in each global step after each phase but the last
-    (pgolf.ttt: on every document scored so far, or on the phase just scored)."""
+    """Targets rank 0 of `world_size` trains on in each global step after each phase but the last (the
+    documents of pgolf.ttt_plan.global_step_docs)."""
     from pgolf.ttt_global import step_groups
-    from pgolf.ttt_plan import processing_order, rank_share
+    from pgolf.ttt_plan import global_step_docs, processing_order, rank_share
 
     stream = torch.zeros(max(d.start + d.num_targets + 1 for d in docs), dtype=torch.uint8)  # lengths only
     cut = processing_order(docs, phases)
     steps = []
     for k in range(len(cut) - 1):
-        trained = [d for phase in cut[:k + 1] for d in phase] if on == "scored" else cut[k]
-        for group in step_groups(stream, trained, context, batch_tokens):
+        for group in step_groups(stream, global_step_docs(cut, k, on), context, batch_tokens):
             steps.append(sum(targets.numel() for _, targets in rank_share(group, 0, world_size)))
     return steps
 

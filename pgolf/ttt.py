@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pgolf.bpb import target_bytes
 from pgolf.lora import BatchedLoRA
-from pgolf.ttt_plan import Doc, batches, processing_order, rank_share, split_documents
+from pgolf.ttt_plan import Doc, batches, global_step_docs, processing_order, rank_share, split_documents
 from pgolf.ttt_windows import BatchSpans, ChunkWindows, chunk_windows, running_rows
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,8 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
         first_position += len(phase)
         if k + 1 < len(phases):  # the phase is scored on every rank: now, and only now, train on it (and before)
             with _adapters_off(lora), _uncompiled(model):
-                scored = [d for done in phases[:k + 1] for d in done] if s.ttt_global_on == "scored" else phase
-                global_sgd(model, stream, scored, s, context, rank, world_size, _autocast(device))
+                trained = global_step_docs(phases, k, s.ttt_global_on)
+                global_sgd(model, stream, trained, s, context, rank, world_size, _autocast(device))
     bar.close()
     return table
 

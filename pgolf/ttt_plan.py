@@ -55,6 +55,12 @@ def processing_order(docs: list[Doc], phase_docs: list[int], order: str = "lengt
     return [longest_first(cut_from[a:b]) for a, b in phase_bounds(len(docs), phase_docs)]
 
 
+def global_step_docs(phases: list[list[Doc]], k: int, on: str) -> list[Doc]:
+    """The documents the global steps after phase k train on: every document scored so far (`scored`, the
+    1.0611 record's) or phase k's alone (`phase`)."""
+    return [d for done in phases[:k + 1] for d in done] if on == "scored" else phases[k]
+
+
 def rank_share(phase: list[Doc], rank: int, world_size: int) -> list[Doc]:
     """This rank's documents of a phase: every world_size-th, so lengths stay balanced across ranks."""
     return phase[rank::world_size]

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pgolf.ttt_plan import Doc, batches, chunk_passes, phase_bounds, processing_order, rank_share, split_documents
+from pgolf.ttt_plan import (Doc, batches, chunk_passes, global_step_docs, phase_bounds, processing_order, rank_share,
+                             split_documents)
 
 
 def test_documents_partition_the_stream_targets():
@@ -38,3 +39,9 @@ def test_chunk_passes_are_the_busiest_ranks_longest_documents_in_chunks():
     assert chunk_passes(docs, [], "length", 2, 10, 2) == 11
     # a phase cut after the 2 longest: (100, 50) | (40, 10) (9, 8) on one rank, the same passes
     assert chunk_passes(docs, [2], "length", 2, 10, 1) == 15
+
+
+def test_global_steps_train_on_every_scored_document_or_on_the_phase_just_scored():
+    phases = [[Doc(0, 0, 5)], [Doc(1, 6, 4), Doc(2, 11, 3)], [Doc(3, 15, 2)]]
+    assert global_step_docs(phases, 1, "scored") == [Doc(0, 0, 5), Doc(1, 6, 4), Doc(2, 11, 3)]
+    assert global_step_docs(phases, 1, "phase") == [Doc(1, 6, 4), Doc(2, 11, 3)]
