@@ -2,6 +2,8 @@
 
 For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B_bᵀ · alpha/rank  to W x_b, with
 A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
+`head` adapts the tied output head the same way: `logit_delta(h)` is added to h Eᵀ before the softcap (the
+1.0611 record's lm_head adapter); the caller passes it to the model's `head`.
 `reset()` starts every row over (a new document). A forward of n < batch rows uses the first n adapters (the
 documents still running are a prefix of the batch: they drop out at its end); `active = False` switches the
 adapters off. The adapters are forward hooks, which torch.compile traces into the model's graph (the rows
@@ -17,7 +19,7 @@ from torch import nn
 
 # Names in eval.ttt_lora_targets -> attribute path inside each block (pgolf.layers.Block).
 TARGETS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.proj", "mlp_fc": "mlp.fc",
-           "mlp_proj": "mlp.proj"}
+           "mlp_proj": "mlp.proj", "head": None}  # head: the tied output head, no module of a block
 
 
 class BatchedLoRA(nn.Module):
@@ -28,12 +30,17 @@ class BatchedLoRA(nn.Module):
         if unknown:
             raise ValueError(f"eval.ttt_lora_targets: unknown {unknown}; expected some of {sorted(TARGETS)}")
         self.rank, self.scale = rank, (alpha or rank) / rank
-        self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets]
-        weight = self.linears[0].weight
-        self.a = nn.ParameterList(nn.Parameter(torch.empty(batch, rank, lin.in_features, device=weight.device))
-                                  for lin in self.linears)
-        self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, lin.out_features, rank, device=weight.device))
-                                  for lin in self.linears)
+        self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets if TARGETS[t]]
+        weight = model.tok_emb.weight
+        # (in, out) of each adapter: the hooked Linears', then the head's (model_dim -> vocab) last.
+        sizes = [(lin.in_features, lin.out_features) for lin in self.linears]
+        self.has_head = "head" in targets
+        if self.has_head:
+            sizes.append((weight.size(1), weight.size(0)))
+        self.a = nn.ParameterList(nn.Parameter(torch.empty(batch, rank, n_in, device=weight.device))
+                                  for n_in, _ in sizes)
+        self.b = nn.ParameterList(nn.Parameter(torch.empty(batch, n_out, rank, device=weight.device))
+                                  for _, n_out in sizes)
         # One draw per adapter, kept on the device: every reset copies it, with no host-to-device copy.
         gen = torch.Generator().manual_seed(seed)
         self.a_init = [_uniform(a.shape[1:], 1.0 / math.sqrt(a.size(-1)), gen).to(weight.device) for a in self.a]
@@ -49,16 +56,24 @@ class BatchedLoRA(nn.Module):
             a.copy_(init.expand_as(a))
             b.zero_()
 
+    def _delta(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Adapter i's output for the [rows, n, in] input: each row through its own adapter."""
+        rows = x.size(0)
+        a, b = self.a[i][:rows], self.b[i][:rows]
+        return torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype)) * self.scale
+
     def _hook(self, i: int):
         def add_delta(module, inputs, output):
             if not self.active:  # global phases train the base weights alone
                 return output
-            x = inputs[0]
-            rows = x.size(0)
-            a, b = self.a[i][:rows], self.b[i][:rows]
-            delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
-            return output + delta * self.scale
+            return output + self._delta(i, inputs[0])
         return add_delta
+
+    def logit_delta(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The head adapter's addition to the logits before the softcap, [rows, n, vocab]; None without one."""
+        if not (self.has_head and self.active):
+            return None
+        return self._delta(len(self.a) - 1, hidden)
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -178,12 +178,15 @@ class GPT(nn.Module):
             x = self.blocks[i](x, x0)
         return self.final_norm(x)
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Tied output head plus softcap, in float32: logits = cap · tanh(h Eᵀ / cap)."""
+    def head(self, hidden: torch.Tensor, logit_delta: torch.Tensor | None = None) -> torch.Tensor:
+        """Tied output head plus softcap, in float32: logits = cap · tanh((h Eᵀ + delta) / cap); `logit_delta`
+        is a TTT head adapter's output (pgolf.lora)."""
         weight = self.tok_emb.weight
         if not torch.is_autocast_enabled(hidden.device.type):
             weight = weight.to(hidden.dtype)
         logits = F.linear(hidden, weight).float()
+        if logit_delta is not None:
+            logits = logits + logit_delta.float()
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap)
 

@@ -91,12 +91,12 @@ def _autocast(device: torch.device):
             else contextlib.nullcontext())
 
 
-def _chunk_losses(model, w: ChunkWindows) -> torch.Tensor:
+def _chunk_losses(model, lora: BatchedLoRA | None, w: ChunkWindows) -> torch.Tensor:
     """[rows, chunk] NLL (nats, float32) of the chunk's targets under the full softmax; 0 where not valid.
     The head runs on the scored columns only (picked by index: a fixed [rows, chunk] shape, no host sync)."""
     hidden = model.hidden_states(w.inputs)
     picked = hidden.gather(1, w.cols[..., None].expand(-1, -1, hidden.size(-1)))
-    logits = model.head(picked)
+    logits = model.head(picked, lora.logit_delta(picked) if lora is not None else None)
     nll = F.cross_entropy(logits.flatten(0, 1), w.targets.flatten(), reduction="none").view_as(w.targets)
     return torch.where(w.valid, nll.float(), 0.0)
 
@@ -131,7 +131,7 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
         for step in range(s.ttt_steps if training else 1):
             # With adapters every chunk runs with grad, trained on or not: one compiled graph serves both.
             with torch.set_grad_enabled(lora is not None), _autocast(device):
-                losses = _chunk_losses(model, w)
+                losses = _chunk_losses(model, lora, w)
             if step == 0:  # the score: taken before any update on these tokens, never revised
                 _record(losses.detach(), w, luts, nll, nbytes, batch, token_nll)
             if training:

@@ -17,7 +17,7 @@ def tiny_model() -> GPT:
     return model
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("target", sorted(t for t in TARGETS if t != "head"))
 def test_each_target_adapter_changes_the_model_and_a_fresh_one_does_not(target):
     model = tiny_model()
     ids = torch.randint(0, 64, (2, 16))
@@ -47,3 +47,24 @@ def test_each_row_has_its_own_adapter():
     lora.remove()
     assert torch.allclose(out[0], tiny_model().hidden_states(ids[:1])[0], atol=1e-6)
     assert not torch.allclose(out[1], out[0], atol=1e-3)
+
+
+def test_the_head_adapter_changes_the_logits_per_row_and_a_fresh_or_inactive_one_does_not():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (1, 16)).expand(2, -1)
+    lora = BatchedLoRA(model, ["q", "head"], rank=2, alpha=None, batch=2)
+    with torch.no_grad():
+        hidden = model.hidden_states(ids)
+        plain = model.head(hidden)
+        fresh = model.head(hidden, lora.logit_delta(hidden))
+        lora.b[-1][1].fill_(0.1)  # the head adapter (last) of row 1 only
+        adapted = model.head(hidden, lora.logit_delta(hidden))
+        lora.active = False
+        off = lora.logit_delta(hidden)
+    lora.remove()
+    assert lora.b[-1].shape == (2, 64, 2)  # vocab x rank
+    assert torch.allclose(fresh, plain, atol=1e-6)
+    assert torch.allclose(adapted[0], plain[0], atol=1e-6)
+    assert not torch.allclose(adapted[1], plain[1], atol=1e-3)
+    assert off is None
+    assert BatchedLoRA(model, ["q"], rank=2, alpha=None, batch=2).logit_delta(hidden) is None

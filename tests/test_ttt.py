@@ -55,7 +55,10 @@ def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}])
+WITH_HEAD = {"ttt_lora_targets": ["q", "v", "mlp_fc", "head"]}  # the output head's adapter among the block ones
+
+
+@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}, WITH_HEAD])
 @pytest.mark.parametrize("which", ["last", "middle"])
 def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, form, settings):
     """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on), in the
@@ -73,8 +76,10 @@ def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged
     assert changed["nll_nats"][target] != base["nll_nats"][target]
 
 
-def test_a_target_is_scored_before_any_update_on_it(settings):
+@pytest.mark.parametrize("form", [{}, WITH_HEAD])
+def test_a_target_is_scored_before_any_update_on_it(form, settings):
     """C3 inside a document: changing token p changes no loss of a target before it, across chunks."""
+    settings = functools.partial(settings, **form)
     tokens = doc_stream()
     docs = split_documents(tokens, BOS)
     long_doc = max(docs, key=lambda d: d.num_targets)
@@ -154,9 +159,11 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
         assert torch.equal(a, b)
 
 
-def test_a_documents_nll_does_not_depend_on_its_batch(settings):
+@pytest.mark.parametrize("form", [{}, WITH_HEAD])
+def test_a_documents_nll_does_not_depend_on_its_batch(form, settings):
     """Batched scoring (longest first, a finished row kept beside the longest: running_rows) gives each
     document what it gets scored alone: rows share no adapter, no score and no step."""
+    settings = functools.partial(settings, **form)
     tokens = doc_stream(seed=4)
     alone = run(tokens, settings(ttt_batch_docs=1, ttt_phase_docs=[]))["docs"]
     batched = run(tokens, settings(ttt_batch_docs=4, ttt_phase_docs=[]))["docs"]
@@ -203,10 +210,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("lora_rank", [4, 0])
-def test_compiled_ttt_gives_the_plain_per_document_nlls(lora_rank, settings, fresh_dynamo):
+@pytest.mark.parametrize("lora", [{"ttt_lora_rank": 4}, {"ttt_lora_rank": 0}, {"ttt_lora_rank": 4, **WITH_HEAD}])
+def test_compiled_ttt_gives_the_plain_per_document_nlls(lora, settings, fresh_dynamo):
     """LoRA (or none) and global phases: the compiled forward gives each document the plain path's NLL."""
-    tokens, s = doc_stream(), settings(ttt_lora_rank=lora_rank)
+    tokens, s = doc_stream(), settings(**lora)
     plain = run(tokens, s)["docs"]
     compiled = evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, compile_backend="aot_eager")["docs"]
     np.testing.assert_array_equal(compiled["position"], plain["position"])
@@ -249,3 +256,15 @@ def test_chunk_passes_count_the_scoring_loops_passes(settings, monkeypatch):
     docs = split_documents(tokens, BOS)
     assert len(calls) == chunk_passes(docs, s.ttt_phase_docs, s.ttt_phase_order, s.ttt_batch_docs,
                                       s.ttt_chunk_tokens, 1) > len(docs)
+
+
+def test_the_head_adapter_adapts_each_document_on_its_scored_chunks(settings):
+    """With adapters on the output head alone, TTT changes the scores after a document's first chunk (it is
+    on the scoring path and trained) and not the first chunk's (scored before any step)."""
+    tokens = doc_stream()
+    plain, adapted = {}, {}
+    run(tokens, settings(ttt_phase_docs=[], ttt_lora_rank=0), token_nll=plain)
+    run(tokens, settings(ttt_phase_docs=[], ttt_lora_targets=["head"]), token_nll=adapted)
+    long_doc = max(split_documents(tokens, BOS), key=lambda d: d.num_targets)
+    np.testing.assert_allclose(adapted[long_doc.index][:8], plain[long_doc.index][:8], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(adapted[long_doc.index][8:], plain[long_doc.index][8:], atol=1e-4)
