@@ -15,7 +15,7 @@ one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never 
 
 Speed (the same computation): a chunk's windows are gathered from the stream by index tensors
 (pgolf.ttt_windows) and the head runs on the scored columns picked by index, so the chunk loop makes no
-host sync; with `eval.compile` on CUDA the hidden states (adapters included) go through torch.compile with
+host sync; with `eval.compile` on CUDA the hidden states (the blocks' adapters included) go through torch.compile with
 the window's rows and width dynamic (compiled_by_window), and the warm-up compiles every graph scoring
 needs. Eager, a chunk pass is thousands of small kernels (about 120 ms for three rows of 2,048 tokens on an
 H200, 40 ms compiled), so scoring needs the compiled graph. The global steps run eager: there are few of
@@ -224,7 +224,7 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
     warm-up, while scoring) and `docs`, a per-document table (file index, processing position, tokens,
     bytes, NLL nats) identical on every rank.
     `token_nll` (tests) collects this rank's per-target losses by document index. `compile_backend` (e.g.
-    "inductor") runs the model's hidden states, adapters included, through torch.compile; None: eager."""
+    "inductor") runs the model's hidden states, the blocks' adapters included, through torch.compile; None: eager."""
     docs = split_documents(tokens, bos_id)
     phases = processing_order(docs, s.ttt_phase_docs, s.ttt_phase_order)
     if len(phases) < len(s.ttt_phase_docs) + 1:

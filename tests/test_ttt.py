@@ -159,7 +159,7 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("form", [{}, WITH_HEAD])
+@pytest.mark.parametrize("form", [{}, WITH_HEAD, {"ttt_lora_targets": ["head"]}])
 def test_a_documents_nll_does_not_depend_on_its_batch(form, settings):
     """Batched scoring (longest first, a finished row kept beside the longest: running_rows) gives each
     document what it gets scored alone: rows share no adapter, no score and no step."""
