@@ -83,9 +83,9 @@ def main() -> int:
     strides = {"full": cfg["eval"]["seq_len"], "sliding": cfg["eval"]["stride"]}
     if a.no_sliding:
         del strides["sliding"]
+    settings = {"eval_set": a.eval_set}
     for name, stride in strides.items():
         for mode, path in (("prequant", run / "model.pt"), ("quantized", run / "model.blob")):
-            settings = {"eval_set": a.eval_set}
             if scores.get(f"{mode}_{name}", {}).get("settings") == settings:
                 continue
             ev = dict(cfg["eval"], stride=stride)
