@@ -4,10 +4,14 @@ For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B
 A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
 `head` adapts the tied output head the same way: `logit_delta(h)` is added to h Eᵀ before the softcap (the
 1.0611 record's lm_head adapter); the caller passes it to the model's `head`.
-`reset()` starts every row over (a new document). A forward of n < batch rows uses the first n adapters (the
-documents still running are a prefix of the batch: they drop out at its end); `active = False` switches the
-adapters off. The adapters are forward hooks, which torch.compile traces into the model's graph (the rows
-come from the input's shape, so a smaller batch is no new graph under dynamic shapes).
+`reset()` starts every row over (a new document); `reset(keep_a=True)` zeroes B alone, so each row's A
+carries what its earlier documents trained into it (eval.ttt_lora_warm_a, the 1.0611 record's warm-started A).
+With `per_pass`, a looped block's Linear has one adapter per pass: its hook counts its calls in the
+forward (zeroed by a pre-hook on the embedding, the forward's first module).
+A forward of n < batch rows uses the first n adapters (the documents still running are a prefix of the
+batch: they drop out at its end); `active = False` switches the adapters off. The adapters are forward
+hooks, which torch.compile traces into the model's graph, pass counters included (the rows come from the
+input's shape, so a smaller batch is no new graph under dynamic shapes).
 The base weights are not touched.
 """
 from __future__ import annotations
@@ -24,16 +28,27 @@ TARGETS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.proj", "mlp_f
 
 class BatchedLoRA(nn.Module):
     def __init__(self, model: nn.Module, targets: list[str], rank: int, alpha: float | None, batch: int,
-                 seed: int = 0):
+                 seed: int = 0, per_pass: bool = False):
+        """per_pass: a block applied several times per forward (depth recurrence) gets adapters of its own
+        for each pass (eval.ttt_lora_per_pass, the 1.0611 record's one adapter per layer application);
+        otherwise its passes share one."""
         super().__init__()
         unknown = sorted(set(targets) - set(TARGETS))
         if unknown:
             raise ValueError(f"eval.ttt_lora_targets: unknown {unknown}; expected some of {sorted(TARGETS)}")
         self.rank, self.scale = rank, (alpha or rank) / rank
-        self.linears = [block.get_submodule(TARGETS[t]) for block in model.blocks for t in targets if TARGETS[t]]
+        schedule = model.config.schedule(model.looping)
+        hooked = [(i, block.get_submodule(TARGETS[t])) for i, block in enumerate(model.blocks)
+                  for t in targets if TARGETS[t]]
+        self.linears = [lin for _, lin in hooked]
         weight = model.tok_emb.weight
-        # (in, out) of each adapter: the hooked Linears', then the head's (model_dim -> vocab) last.
-        sizes = [(lin.in_features, lin.out_features) for lin in self.linears]
+        # (in, out) of each adapter: the hooked Linears' (with per_pass, one per pass of its block, in pass
+        # order), then the head's (model_dim -> vocab) last. slots[k]: hooked Linear k's adapters.
+        sizes, self.slots = [], []
+        for i, lin in hooked:
+            passes = schedule.count(i) if per_pass else 1
+            self.slots.append(list(range(len(sizes), len(sizes) + passes)))
+            sizes += [(lin.in_features, lin.out_features)] * passes
         self.has_head = "head" in targets
         if self.has_head:
             sizes.append((weight.size(1), weight.size(0)))
@@ -45,15 +60,22 @@ class BatchedLoRA(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.a_init = [_uniform(a.shape[1:], 1.0 / math.sqrt(a.size(-1)), gen).to(weight.device) for a in self.a]
         self.active = True
-        self.handles = [lin.register_forward_hook(self._hook(i)) for i, lin in enumerate(self.linears)]
+        # Calls of each hooked Linear in the current forward (its block's pass), zeroed as the forward
+        # starts: the embedding is the first module hidden_states calls.
+        self.calls = [0] * len(self.linears)
+        self.handles = [lin.register_forward_hook(self._hook(k)) for k, lin in enumerate(self.linears)]
+        self.handles.append(model.tok_emb.register_forward_pre_hook(self._new_forward))
         self.reset()
 
     @torch.no_grad()
-    def reset(self) -> None:
+    def reset(self, keep_a: bool = False) -> None:
         """Fresh adapters for every row, all rows and every reset from the same draw: a document's result
-        depends neither on the documents before it nor on its row in the batch (nor on the rank count)."""
+        depends neither on the documents before it nor on its row in the batch (nor on the rank count).
+        keep_a: B alone is zeroed (the adapter still adds nothing); A keeps what the row's earlier documents,
+        all scored already, trained into it, so a document's result then depends on its row's predecessors."""
         for a, init, b in zip(self.a, self.a_init, self.b):
-            a.copy_(init.expand_as(a))
+            if not keep_a:
+                a.copy_(init.expand_as(a))
             b.zero_()
 
     def _delta(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +84,19 @@ class BatchedLoRA(nn.Module):
         a, b = self.a[i][:rows], self.b[i][:rows]
         return torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype)) * self.scale
 
-    def _hook(self, i: int):
+    def _new_forward(self, module, inputs) -> None:
+        for k in range(len(self.calls)):
+            self.calls[k] = 0
+
+    def _hook(self, k: int):
+        slots = self.slots[k]
+
         def add_delta(module, inputs, output):
+            passed = self.calls[k]
+            self.calls[k] = passed + 1
             if not self.active:  # global phases train the base weights alone
                 return output
-            return output + self._delta(i, inputs[0])
+            return output + self._delta(slots[passed] if len(slots) > 1 else slots[0], inputs[0])
         return add_delta
 
     def logit_delta(self, hidden: torch.Tensor) -> torch.Tensor | None:

@@ -2,16 +2,18 @@
 
 Per-document LoRA TTT: each document is scored in chunks of `ttt_chunk_tokens` targets, each chunk with up
 to `ttt_seq_len` tokens of its own document as context; a chunk's losses are taken (the score, final) and
-only then does the document's adapter step on that chunk; the adapters start fresh at every document, and
-a document's last chunk is never trained on. Phased global TTT: after each phase (`ttt_phase_docs`
+only then does the document's adapter step on that chunk; the adapters start fresh at every document (with
+`ttt_lora_warm_a`, B alone: A carries over from the row's earlier documents, all scored already), and a
+document's last chunk is never trained on. Phased global TTT: after each phase (`ttt_phase_docs`
 documents of `ttt_phase_order`) is scored, SGD on the base weights on every rank together, over every
 document scored so far (the 1.0611 record's form: longest first, `scored`) or over the phase just scored
 (the chunked form of earlier records: file order, `phase`).
 
-So a token's loss comes from the artifact's weights, trained only on earlier phases' documents and on the
-earlier chunks of its own document: tokens already scored (C1, C3). The loss is the cross-entropy of the
-full softmax over the vocabulary (C2). The documents' targets partition the stream's, each scored once in
-one pass (C4). The warm-up runs on random tokens drawn from a fixed seed, never on validation tokens.
+So a token's loss comes from the artifact's weights, trained only on earlier phases' documents, on the
+earlier chunks of its own document and (warm A) on its row's earlier documents: tokens already scored
+(C1, C3). The loss is the cross-entropy of the full softmax over the vocabulary (C2). The documents'
+targets partition the stream's, each scored once in one pass (C4). The warm-up runs on random tokens
+drawn from a fixed seed, never on validation tokens.
 
 Speed (the same computation): a chunk's windows are gathered from the stream by index tensors
 (pgolf.ttt_windows) and the head runs on the scored columns picked by index, so the chunk loop makes no
@@ -49,6 +51,8 @@ class TTTSettings:
     ttt_lora_rank: int
     ttt_lora_alpha: float | None
     ttt_lora_targets: list
+    ttt_lora_warm_a: bool
+    ttt_lora_per_pass: bool
     ttt_optimizer: str
     ttt_lr: float
     ttt_beta1: float
@@ -121,7 +125,7 @@ def score_batch(model, lora: BatchedLoRA | None, stream, batch: list[Doc], s: TT
     nbytes = torch.zeros(len(batch), dtype=torch.int64, device=device)
     optimizer = None
     if lora is not None:
-        lora.reset()
+        lora.reset(keep_a=s.ttt_lora_warm_a)
         optimizer = _make_optimizer(list(lora.parameters()), s)
     spans, chunk = BatchSpans.of(batch, device), s.ttt_chunk_tokens
     for first in range(0, spans.longest, chunk):
@@ -231,8 +235,8 @@ def evaluate_documents(model, tokens: np.ndarray, luts, bos_id: int, s: TTTSetti
         log.warning("eval.ttt_phase_docs %s: only cuts inside 1..%d documents apply (%d phase(s))",
                     s.ttt_phase_docs, len(docs) - 1, len(phases))
     model.eval().to(device).requires_grad_(False)
-    lora = (BatchedLoRA(model, s.ttt_lora_targets, s.ttt_lora_rank, s.ttt_lora_alpha, s.ttt_batch_docs)
-            if s.ttt_lora_rank > 0 else None)
+    lora = (BatchedLoRA(model, s.ttt_lora_targets, s.ttt_lora_rank, s.ttt_lora_alpha, s.ttt_batch_docs,
+                        per_pass=s.ttt_lora_per_pass) if s.ttt_lora_rank > 0 else None)
     luts_dev = tuple(torch.as_tensor(t, device=device) for t in luts)
     if compile_backend is not None:
         # An instance attribute shadows the method (for _chunk_losses; the global steps take it off:
@@ -306,6 +310,8 @@ def _score_phases(model, lora, stream, phases, s, luts, context, rank, world_siz
             with _adapters_off(lora), _uncompiled(model):
                 trained = global_step_docs(phases, k, s.ttt_global_on)
                 global_sgd(model, stream, trained, s, context, rank, world_size, _autocast(device))
+            if lora is not None:  # warm A starts over on the new base weights, as the record's new adapters
+                lora.reset()
     bar.close()
     return table
 

@@ -5,12 +5,12 @@ from pgolf.lora import TARGETS, BatchedLoRA
 from pgolf.model import GPT, ModelConfig
 
 
-def tiny_model() -> GPT:
+def tiny_model(**arch) -> GPT:
     """Random weights everywhere: the model's own init zeroes the output projections, which would hide
-    every adapter before them."""
+    every adapter before them. arch: ModelConfig overrides."""
     torch.manual_seed(0)
     model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                                rope_base=1e4, logit_softcap=30.0, seq_len=16), 64))
+                                                rope_base=1e4, logit_softcap=30.0, seq_len=16, **arch), 64))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -68,3 +68,44 @@ def test_the_head_adapter_changes_the_logits_per_row_and_a_fresh_or_inactive_one
     assert not torch.allclose(adapted[1], plain[1], atol=1e-3)
     assert off is None
     assert BatchedLoRA(model, ["q"], rank=2, alpha=None, batch=2).logit_delta(hidden) is None
+
+
+def test_reset_keeping_a_zeroes_b_alone_and_a_full_reset_restores_the_draw():
+    model = tiny_model()
+    lora = BatchedLoRA(model, ["q", "head"], rank=2, alpha=None, batch=2)
+    drawn = [a.detach().clone() for a in lora.a]
+    with torch.no_grad():
+        for a, b in zip(lora.a, lora.b):
+            a.add_(0.5)
+            b.fill_(0.1)
+    trained = [a.detach().clone() for a in lora.a]
+    lora.reset(keep_a=True)
+    assert all(torch.equal(a, t) for a, t in zip(lora.a, trained))
+    assert all(not b.any() for b in lora.b)
+    lora.reset()
+    assert all(torch.equal(a, d) for a, d in zip(lora.a, drawn))
+    lora.remove()
+
+
+def test_per_pass_gives_each_pass_of_a_looped_block_its_own_adapter():
+    """Schedule [0, 1, 1]: with per_pass, q's adapters are block 0's, block 1's first pass's and its second's;
+    each changes the output alone, differently, and every forward starts again at the first pass."""
+    model = tiny_model(loop_layers=[1], loop_repeats=2)
+    ids = torch.randint(0, 64, (2, 16))
+    shared = BatchedLoRA(model, ["q"], rank=2, alpha=None, batch=2)
+    assert len(shared.a) == 2  # one per block
+    shared.remove()
+    lora = BatchedLoRA(model, ["q"], rank=2, alpha=None, batch=2, per_pass=True)
+    assert lora.slots == [[0], [1, 2]]
+    outputs = []
+    with torch.no_grad():
+        plain = model.hidden_states(ids)
+        for slot in (1, 2):
+            lora.b[slot].fill_(0.1)
+            outputs.append(model.hidden_states(ids))
+            assert torch.equal(model.hidden_states(ids), outputs[-1])  # the next forward: the same passes
+            lora.b[slot].zero_()
+    lora.remove()
+    assert not torch.allclose(outputs[0], plain, atol=1e-3)
+    assert not torch.allclose(outputs[1], plain, atol=1e-3)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)

@@ -26,10 +26,11 @@ def settings(eval_defaults):
     return make
 
 
-def tiny_model(seed: int = 0) -> GPT:
+def tiny_model(seed: int = 0, **arch) -> GPT:
+    """arch: ModelConfig overrides, e.g. LOOPED."""
     torch.manual_seed(seed)
     model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                                rope_base=1e4, logit_softcap=30.0, seq_len=32), VOCAB))
+                                                rope_base=1e4, logit_softcap=30.0, seq_len=32, **arch), VOCAB))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -44,8 +45,8 @@ def doc_stream(seed: int = 0, num_docs: int = 11) -> np.ndarray:
     return np.array(tokens, dtype=np.uint16)
 
 
-def run(tokens, s: TTTSettings, token_nll=None) -> dict:
-    return evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, token_nll=token_nll)
+def run(tokens, s: TTTSettings, token_nll=None, model=None) -> dict:
+    return evaluate_documents(model or tiny_model(), tokens, LUTS, BOS, s, 16, CPU, token_nll=token_nll)
 
 
 def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
@@ -56,9 +57,12 @@ def perturb_doc(tokens: np.ndarray, doc) -> np.ndarray:
 
 
 WITH_HEAD = {"ttt_lora_targets": ["q", "v", "mlp_fc", "head"]}  # the output head's adapter among the block ones
+WARM_A = {"ttt_lora_warm_a": True}  # each row's A carried from document to document (the 1.0611 record's)
+LOOPED = {"loop_layers": [1], "loop_repeats": 2}  # block 1 applied twice: schedule [0, 1, 1]
+PER_PASS = {"ttt_lora_per_pass": True}  # with LOOPED: block 1's second pass has adapters of its own
 
 
-@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}, WITH_HEAD])
+@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}, WITH_HEAD, WARM_A])
 @pytest.mark.parametrize("which", ["last", "middle"])
 def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, form, settings):
     """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on), in the
@@ -76,7 +80,7 @@ def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged
     assert changed["nll_nats"][target] != base["nll_nats"][target]
 
 
-@pytest.mark.parametrize("form", [{}, WITH_HEAD])
+@pytest.mark.parametrize("form", [{}, WITH_HEAD, WARM_A])
 def test_a_target_is_scored_before_any_update_on_it(form, settings):
     """C3 inside a document: changing token p changes no loss of a target before it, across chunks."""
     settings = functools.partial(settings, **form)
@@ -159,14 +163,15 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("form", [{}, WITH_HEAD, {"ttt_lora_targets": ["head"]}])
-def test_a_documents_nll_does_not_depend_on_its_batch(form, settings):
+@pytest.mark.parametrize("form, arch", [({}, {}), (WITH_HEAD, {}), ({"ttt_lora_targets": ["head"]}, {}),
+                                        (PER_PASS, LOOPED)])
+def test_a_documents_nll_does_not_depend_on_its_batch(form, arch, settings):
     """Batched scoring (longest first, a finished row kept beside the longest: running_rows) gives each
     document what it gets scored alone: rows share no adapter, no score and no step."""
     settings = functools.partial(settings, **form)
     tokens = doc_stream(seed=4)
-    alone = run(tokens, settings(ttt_batch_docs=1, ttt_phase_docs=[]))["docs"]
-    batched = run(tokens, settings(ttt_batch_docs=4, ttt_phase_docs=[]))["docs"]
+    alone = run(tokens, settings(ttt_batch_docs=1, ttt_phase_docs=[]), model=tiny_model(**arch))["docs"]
+    batched = run(tokens, settings(ttt_batch_docs=4, ttt_phase_docs=[]), model=tiny_model(**arch))["docs"]
     np.testing.assert_array_equal(batched["tokens"], alone["tokens"])
     np.testing.assert_array_equal(batched["bytes"], alone["bytes"])
     np.testing.assert_allclose(batched["nll_nats"], alone["nll_nats"], rtol=1e-5, atol=1e-6)
@@ -210,19 +215,23 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("lora", [{"ttt_lora_rank": 4}, {"ttt_lora_rank": 0}, {"ttt_lora_rank": 4, **WITH_HEAD}])
-def test_compiled_ttt_gives_the_plain_per_document_nlls(lora, settings, fresh_dynamo):
-    """LoRA (or none) and global phases: the compiled forward gives each document the plain path's NLL."""
+@pytest.mark.parametrize("lora, arch", [({"ttt_lora_rank": 4}, {}), ({"ttt_lora_rank": 0}, {}),
+                                        ({"ttt_lora_rank": 4, **WITH_HEAD}, {}), ({"ttt_lora_rank": 4, **PER_PASS}, LOOPED)])
+def test_compiled_ttt_gives_the_plain_per_document_nlls(lora, arch, settings, fresh_dynamo):
+    """LoRA (or none) and global phases: the compiled forward gives each document the plain path's NLL
+    (per-pass adapters: their pass counters traced, not frozen into the graph)."""
     tokens, s = doc_stream(), settings(**lora)
-    plain = run(tokens, s)["docs"]
-    compiled = evaluate_documents(tiny_model(), tokens, LUTS, BOS, s, 16, CPU, compile_backend="aot_eager")["docs"]
+    plain = run(tokens, s, model=tiny_model(**arch))["docs"]
+    compiled = evaluate_documents(tiny_model(**arch), tokens, LUTS, BOS, s, 16, CPU,
+                                  compile_backend="aot_eager")["docs"]
     np.testing.assert_array_equal(compiled["position"], plain["position"])
     np.testing.assert_array_equal(compiled["bytes"], plain["bytes"])
     np.testing.assert_allclose(compiled["nll_nats"], plain["nll_nats"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("lora_rank", [4, 0])
-def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, settings, fresh_dynamo):
+@pytest.mark.parametrize("lora, arch", [({"ttt_lora_rank": 4}, {}), ({"ttt_lora_rank": 0}, {}),
+                                        ({"ttt_lora_rank": 4, **PER_PASS}, LOOPED)])
+def test_compiled_ttt_compiles_only_in_the_warm_up(lora, arch, monkeypatch, settings, fresh_dynamo):
     """Ragged documents give every chunk its own [rows, width]; dynamic shapes and a warm-up that covers
     one and many rows, adapters on and off, leave nothing to compile while validation tokens are scored."""
     graphs, after_warm_up = [], []
@@ -239,7 +248,7 @@ def test_compiled_ttt_compiles_only_in_the_warm_up(lora_rank, monkeypatch, setti
 
     monkeypatch.setattr(ttt, "warm_up", noting_warm_up)
     tokens = doc_stream(seed=3, num_docs=15)
-    out = evaluate_documents(tiny_model(), tokens, LUTS, BOS, settings(ttt_lora_rank=lora_rank), 16, CPU,
+    out = evaluate_documents(tiny_model(**arch), tokens, LUTS, BOS, settings(**lora), 16, CPU,
                              compile_backend=counting_backend)
     assert after_warm_up == [len(graphs)], "graphs compiled while scoring validation documents"
     assert out["compiled_graphs"] == {"warm_up": len(graphs), "scoring": 0}
@@ -268,3 +277,22 @@ def test_the_head_adapter_adapts_each_document_on_its_scored_chunks(settings):
     long_doc = max(split_documents(tokens, BOS), key=lambda d: d.num_targets)
     np.testing.assert_allclose(adapted[long_doc.index][:8], plain[long_doc.index][:8], rtol=1e-5, atol=1e-6)
     assert not np.allclose(adapted[long_doc.index][8:], plain[long_doc.index][8:], atol=1e-4)
+
+
+def test_warm_a_carries_a_rows_training_to_its_next_document_until_a_global_phase(monkeypatch, settings):
+    """ttt_lora_warm_a: one document per batch, so each document follows the one before it in the same row.
+    The first document scores as without it (the warm-up's random documents leave no trace in A), later
+    ones differ (A carries over); after a global phase A starts over, so the phase's first document again
+    scores as without it (global SGD made a no-op here, to compare the adapters alone)."""
+    import pgolf.ttt_global
+
+    monkeypatch.setattr(pgolf.ttt_global, "global_sgd", lambda *args: None)
+    tokens = doc_stream(seed=2)
+    scores = {}
+    for warm in (False, True):
+        docs = run(tokens, settings(ttt_batch_docs=1, ttt_phase_docs=[5], ttt_lora_warm_a=warm))["docs"]
+        order = np.argsort(docs["position"])
+        scores[warm] = np.asarray(docs["nll_nats"])[order]
+    np.testing.assert_allclose(scores[True][[0, 5]], scores[False][[0, 5]], rtol=1e-6)
+    assert not np.allclose(scores[True][1:5], scores[False][1:5], rtol=1e-4)
+    assert not np.allclose(scores[True][6:], scores[False][6:], rtol=1e-4)
