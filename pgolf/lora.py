@@ -1,7 +1,8 @@
 """Per-document low-rank adapters on a model's projections, batched: row b of a batch has its own adapter.
 
 For a Linear W (out × in) chosen by name, each batch row b adds  (x_b A_bᵀ) B_bᵀ · alpha/rank  to W x_b, with
-A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged.
+A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves the model's output unchanged;
+`attn` and `mlp` add it, from the sublayer's input, to the whole attention or MLP sublayer's output.
 `head` adapts the tied output head the same way: `logit_delta(h)` is added to h Eᵀ before the softcap (the
 1.0611 record's lm_head adapter); the caller passes it to the model's `head`.
 `reset()` starts every row over (a new document); `reset(keep_a=True)` zeroes B alone, so each row's A
@@ -21,9 +22,11 @@ import math
 import torch
 from torch import nn
 
-# Names in eval.ttt_lora_targets -> attribute path inside each block (pgolf.layers.Block).
+# Names in eval.ttt_lora_targets -> attribute path inside each block (pgolf.layers.Block). attn and mlp hook
+# the whole sublayer: a parallel adapter from its normed input to its output (the 1.0611 record's o and MLP
+# adapters). head: the tied output head, no module of a block.
 TARGETS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.proj", "mlp_fc": "mlp.fc",
-           "mlp_proj": "mlp.proj", "head": None}  # head: the tied output head, no module of a block
+           "mlp_proj": "mlp.proj", "attn": "attn", "mlp": "mlp", "head": None}
 
 
 class BatchedLoRA(nn.Module):
@@ -40,15 +43,17 @@ class BatchedLoRA(nn.Module):
         schedule = model.config.schedule(model.looping)
         hooked = [(i, block.get_submodule(TARGETS[t])) for i, block in enumerate(model.blocks)
                   for t in targets if TARGETS[t]]
-        self.linears = [lin for _, lin in hooked]
+        self.modules_hooked = [module for _, module in hooked]
         weight = model.tok_emb.weight
-        # (in, out) of each adapter: the hooked Linears' (with per_pass, one per pass of its block, in pass
-        # order), then the head's (model_dim -> vocab) last. slots[k]: hooked Linear k's adapters.
+        # (in, out) of each adapter: the hooked modules' (with per_pass, one per pass of its block, in pass
+        # order; a sublayer maps model_dim to model_dim), then the head's (model_dim -> vocab) last.
+        # slots[k]: hooked module k's adapters.
         sizes, self.slots = [], []
-        for i, lin in hooked:
+        dim = model.config.model_dim
+        for i, module in hooked:
             passes = schedule.count(i) if per_pass else 1
             self.slots.append(list(range(len(sizes), len(sizes) + passes)))
-            sizes += [(lin.in_features, lin.out_features)] * passes
+            sizes += [(getattr(module, "in_features", dim), getattr(module, "out_features", dim))] * passes
         self.has_head = "head" in targets
         if self.has_head:
             sizes.append((weight.size(1), weight.size(0)))
@@ -60,10 +65,10 @@ class BatchedLoRA(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.a_init = [_uniform(a.shape[1:], 1.0 / math.sqrt(a.size(-1)), gen).to(weight.device) for a in self.a]
         self.active = True
-        # Calls of each hooked Linear in the current forward (its block's pass), zeroed as the forward
+        # Calls of each hooked module in the current forward (its block's pass), zeroed as the forward
         # starts: the embedding is the first module hidden_states calls.
-        self.calls = [0] * len(self.linears)
-        self.handles = [lin.register_forward_hook(self._hook(k)) for k, lin in enumerate(self.linears)]
+        self.calls = [0] * len(self.modules_hooked)
+        self.handles = [module.register_forward_hook(self._hook(k)) for k, module in enumerate(self.modules_hooked)]
         self.handles.append(model.tok_emb.register_forward_pre_hook(self._new_forward))
         self.reset()
 

@@ -109,3 +109,21 @@ def test_per_pass_gives_each_pass_of_a_looped_block_its_own_adapter():
     assert not torch.allclose(outputs[0], plain, atol=1e-3)
     assert not torch.allclose(outputs[1], plain, atol=1e-3)
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("target", ["attn", "mlp"])
+def test_a_sublayer_adapter_adds_a_low_rank_map_of_its_input_to_its_output(target):
+    """attn / mlp (the 1.0611 record's o and MLP adapters): the sublayer's output plus (n Aᵀ) Bᵀ · alpha/rank
+    of its own (normed) input n, row by row."""
+    model = tiny_model()
+    sublayer = model.blocks[1].get_submodule(target)
+    n = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        plain = sublayer(n)
+        lora = BatchedLoRA(model, [target], rank=2, alpha=3.0, batch=2)
+        lora.b[1].normal_()
+        adapted = sublayer(n)
+        delta = torch.bmm(torch.bmm(n, lora.a[1].transpose(1, 2)), lora.b[1].transpose(1, 2)) * 1.5
+    lora.remove()
+    assert lora.a[1].shape == (2, 2, 32) and lora.b[1].shape == (2, 32, 2)
+    torch.testing.assert_close(adapted, plain + delta)

@@ -60,20 +60,24 @@ WITH_HEAD = {"ttt_lora_targets": ["q", "v", "mlp_fc", "head"]}  # the output hea
 WARM_A = {"ttt_lora_warm_a": True}  # each row's A carried from document to document (the 1.0611 record's)
 LOOPED = {"loop_layers": [1], "loop_repeats": 2}  # block 1 applied twice: schedule [0, 1, 1]
 PER_PASS = {"ttt_lora_per_pass": True}  # with LOOPED: block 1's second pass has adapters of its own
+# The 1.0611 record's adapters: parallel ones around the sublayers, the head's, per pass, warm A, scaled.
+RECORD_TTT = {"ttt_lora_targets": ["q", "k", "v", "attn", "mlp", "head"], "ttt_lora_warm_a": True,
+              "ttt_lora_per_pass": True, "ttt_lora_alpha": 7.2}
 
 
-@pytest.mark.parametrize("form", [{}, {"ttt_phase_order": "file", "ttt_global_on": "phase"}, WITH_HEAD, WARM_A])
+@pytest.mark.parametrize("form, arch", [({}, {}), ({"ttt_phase_order": "file", "ttt_global_on": "phase"}, {}),
+                                        (WITH_HEAD, {}), (WARM_A, {}), (RECORD_TTT, LOOPED)])
 @pytest.mark.parametrize("which", ["last", "middle"])
-def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, form, settings):
+def test_perturbing_a_document_leaves_every_earlier_processed_document_unchanged(which, form, arch, settings):
     """C1/C3: a document's score depends only on documents processed before it (phases, LoRA on), in the
     1.0611 record's form and in the chunked form."""
     tokens = doc_stream()
     settings = functools.partial(settings, **form)
-    base = run(tokens, settings())["docs"]
+    base = run(tokens, settings(), model=tiny_model(**arch))["docs"]
     order = np.argsort(base["position"])
     target = order[-1] if which == "last" else order[5]  # position 5: the middle phase, after a global step
     docs = split_documents(tokens, BOS)
-    changed = run(perturb_doc(tokens, docs[target]), settings())["docs"]
+    changed = run(perturb_doc(tokens, docs[target]), settings(), model=tiny_model(**arch))["docs"]
     earlier = base["position"] < base["position"][target]
     assert earlier.sum() == base["position"][target] > 0
     np.testing.assert_array_equal(changed["nll_nats"][earlier], base["nll_nats"][earlier])
@@ -164,7 +168,7 @@ def test_warm_up_sees_no_validation_token(monkeypatch, settings):
 
 
 @pytest.mark.parametrize("form, arch", [({}, {}), (WITH_HEAD, {}), ({"ttt_lora_targets": ["head"]}, {}),
-                                        (PER_PASS, LOOPED)])
+                                        ({**PER_PASS, "ttt_lora_targets": ["q", "attn", "mlp"]}, LOOPED)])
 def test_a_documents_nll_does_not_depend_on_its_batch(form, arch, settings):
     """Batched scoring (longest first, a finished row kept beside the longest: running_rows) gives each
     document what it gets scored alone: rows share no adapter, no score and no step."""
@@ -216,7 +220,7 @@ def fresh_dynamo():
 
 
 @pytest.mark.parametrize("lora, arch", [({"ttt_lora_rank": 4}, {}), ({"ttt_lora_rank": 0}, {}),
-                                        ({"ttt_lora_rank": 4, **WITH_HEAD}, {}), ({"ttt_lora_rank": 4, **PER_PASS}, LOOPED)])
+                                        ({"ttt_lora_rank": 4, **WITH_HEAD}, {}), ({"ttt_lora_rank": 4, **RECORD_TTT}, LOOPED)])
 def test_compiled_ttt_gives_the_plain_per_document_nlls(lora, arch, settings, fresh_dynamo):
     """LoRA (or none) and global phases: the compiled forward gives each document the plain path's NLL
     (per-pass adapters: their pass counters traced, not frozen into the graph)."""
@@ -230,7 +234,7 @@ def test_compiled_ttt_gives_the_plain_per_document_nlls(lora, arch, settings, fr
 
 
 @pytest.mark.parametrize("lora, arch", [({"ttt_lora_rank": 4}, {}), ({"ttt_lora_rank": 0}, {}),
-                                        ({"ttt_lora_rank": 4, **PER_PASS}, LOOPED)])
+                                        ({"ttt_lora_rank": 4, **RECORD_TTT}, LOOPED)])
 def test_compiled_ttt_compiles_only_in_the_warm_up(lora, arch, monkeypatch, settings, fresh_dynamo):
     """Ragged documents give every chunk its own [rows, width]; dynamic shapes and a warm-up that covers
     one and many rows, adapters on and off, leave nothing to compile while validation tokens are scored."""
