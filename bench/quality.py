@@ -18,8 +18,9 @@ keys, e.g. phases scaled to a small validation set), so its gain over quantized/
 (`--no-sliding` skips the two stride-64 scores, the slow part, when only that gain is wanted).
 Writes OUT/quality.json and prints one line per score. Run again on the same OUT, it resumes: a trained
 and compressed run (OUT/run/artifact.json) is not trained again (with other training settings it stops
-and asks for another OUT), and a score already in quality.json with the same --eval-set (and --ttt-set)
-is kept, so a run cut by a time limit finishes in the next call (on a GPU machine that kept /tmp).
+and asks for another OUT), and a score already in quality.json with the same --eval-set (and for the TTT
+score the same --ttt-set and resolved ttt_* keys) is kept, so a run cut by a time limit finishes in the next
+call (on a GPU machine that kept /tmp).
 `--set` / `--eval-set` override train / eval keys (e.g. a tiny model for a CPU smoke run).
 """
 import argparse
@@ -95,10 +96,14 @@ def main() -> int:
             print(f"pgolf seed {a.seed} {mode:9s} {name:7s} val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f}",
                   flush=True)
             (out / "quality.json").write_text(json.dumps(result, indent=2))
-    ttt_settings = {"eval_set": a.eval_set, "ttt_set": a.ttt_set}
-    if a.ttt and scores.get("quantized_ttt", {}).get("settings") != ttt_settings:
-        ev = eval_section(cfg, "ttt")
-        apply_sets(ev, a.ttt_set)
+    if not a.ttt:
+        return 0
+    ev = eval_section(cfg, "ttt")
+    apply_sets(ev, a.ttt_set)
+    # The resolved ttt_* keys too: a score made before the config's ttt ablation changed is made again.
+    ttt_settings = {"eval_set": a.eval_set, "ttt_set": a.ttt_set,
+                    "ttt": {k: v for k, v in sorted(ev.items()) if k.startswith("ttt_")}}
+    if scores.get("quantized_ttt", {}).get("settings") != ttt_settings:
         r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
         scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"],
                                    "settings": ttt_settings}

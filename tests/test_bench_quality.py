@@ -59,3 +59,14 @@ def test_a_score_made_with_other_overrides_is_made_again_and_other_training_is_r
     assert run_main(monkeypatch, out, data, "--ttt", "--ttt-set", "ttt_lr=0.001") == ([], [])
     with pytest.raises(SystemExit, match="trained with other settings"):
         run_main(monkeypatch, out, data, "--steps", "20")
+
+
+def test_a_ttt_score_made_under_another_ttt_ablation_is_made_again(tmp_path, monkeypatch):
+    """The config's ttt ablation changed since the score was made (here: its stored alpha differs)."""
+    data, out = data_dir(tmp_path / "data"), tmp_path / "out"
+    run_main(monkeypatch, out, data, "--ttt")
+    result = json.loads((out / "quality.json").read_text())
+    result["scores"]["quantized_ttt"]["settings"]["ttt"]["ttt_lora_alpha"] = 1.0
+    (out / "quality.json").write_text(json.dumps(result))
+    assert run_main(monkeypatch, out, data, "--ttt") == ([], ["eval_quantized_ttt.json"])
+    assert run_main(monkeypatch, out, data, "--ttt") == ([], [])

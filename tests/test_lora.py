@@ -9,8 +9,8 @@ def tiny_model(**arch) -> GPT:
     """Random weights everywhere: the model's own init zeroes the output projections, which would hide
     every adapter before them. arch: ModelConfig overrides."""
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                                rope_base=1e4, logit_softcap=30.0, seq_len=16, **arch), 64))
+    model = GPT(ModelConfig.from_train_cfg({**dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                                                   rope_base=1e4, logit_softcap=30.0, seq_len=16), **arch}, 64))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -127,3 +127,42 @@ def test_a_sublayer_adapter_adds_a_low_rank_map_of_its_input_to_its_output(targe
     lora.remove()
     assert lora.a[1].shape == (2, 2, 32) and lora.b[1].shape == (2, 32, 2)
     torch.testing.assert_close(adapted, plain + delta)
+
+
+def test_per_pass_adapters_follow_the_schedule_in_order():
+    """Schedule [0, 1, 1] with per-pass adapters computes what three blocks [0, 1, 1'] with one adapter each
+    do, block 1's first pass taking the first of its adapters (the same draws, in the same order)."""
+    looped = tiny_model(loop_layers=[1], loop_repeats=2)
+    unrolled = tiny_model(num_layers=3)
+    state = looped.state_dict()
+    state.update({k.replace("blocks.1.", "blocks.2."): v for k, v in state.items() if k.startswith("blocks.1.")})
+    unrolled.load_state_dict(state)
+    ids = torch.randint(0, 64, (2, 16))
+    per_pass = BatchedLoRA(looped, ["q"], rank=2, alpha=None, batch=2, per_pass=True)
+    one_each = BatchedLoRA(unrolled, ["q"], rank=2, alpha=None, batch=2)
+    with torch.no_grad():
+        for lora in (per_pass, one_each):
+            lora.b[1].fill_(0.1)
+            lora.b[2].fill_(-0.2)
+        torch.testing.assert_close(looped.hidden_states(ids), unrolled.hidden_states(ids))
+
+
+def test_the_mlp_adapter_is_added_inside_the_blocks_output_scale():
+    """With resid_mix, a block's MLP output is scaled by mlp_scale before the residual add; the mlp adapter's
+    delta is part of that output, as the record's (scaled with it)."""
+    model = tiny_model(resid_mix=True)
+    block = model.blocks[0]
+    x, x0 = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        block.mlp_scale.normal_()
+        plain = block(x, x0)
+        lora = BatchedLoRA(model, ["mlp"], rank=2, alpha=None, batch=2)
+        lora.b[0].normal_()
+        adapted = block(x, x0)
+        mix_x, mix_x0 = block.resid_mix.unbind(0)
+        x_in = mix_x * x + mix_x0 * x0
+        x_mid = x_in + block.attn_scale * block.attn(block.attn_norm(x_in))
+        n = block.mlp_norm(x_mid)
+        delta = torch.bmm(torch.bmm(n, lora.a[0].transpose(1, 2)), lora.b[0].transpose(1, 2))
+    lora.remove()
+    torch.testing.assert_close(adapted, plain + block.mlp_scale * delta)
