@@ -7,7 +7,7 @@ A_b (rank × in) random and B_b (out × rank) zero, so a fresh adapter leaves th
 1.0611 record's lm_head adapter); the caller passes it to the model's `head`.
 `reset()` starts every row over (a new document); `reset(keep_a=True)` zeroes B alone, so each row's A
 carries what its earlier documents trained into it (eval.ttt_lora_warm_a, the 1.0611 record's warm-started A).
-With `per_pass`, a looped block's Linear has one adapter per pass: its hook counts its calls in the
+With `per_pass`, a looped block's hooked modules have one adapter per pass: each hook counts its calls in the
 forward (zeroed by a pre-hook on the embedding, the forward's first module).
 A forward of n < batch rows uses the first n adapters (the documents still running are a prefix of the
 batch: they drop out at its end); `active = False` switches the adapters off. The adapters are forward
