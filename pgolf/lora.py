@@ -43,7 +43,6 @@ class BatchedLoRA(nn.Module):
         schedule = model.config.schedule(model.looping)
         hooked = [(i, block.get_submodule(TARGETS[t])) for i, block in enumerate(model.blocks)
                   for t in targets if TARGETS[t]]
-        self.modules_hooked = [module for _, module in hooked]
         weight = model.tok_emb.weight
         # (in, out) of each adapter: the hooked modules' (with per_pass, one per pass of its block, in pass
         # order; a sublayer maps model_dim to model_dim), then the head's (model_dim -> vocab) last.
@@ -67,8 +66,8 @@ class BatchedLoRA(nn.Module):
         self.active = True
         # Calls of each hooked module in the current forward (its block's pass), zeroed as the forward
         # starts: the embedding is the first module hidden_states calls.
-        self.calls = [0] * len(self.modules_hooked)
-        self.handles = [module.register_forward_hook(self._hook(k)) for k, module in enumerate(self.modules_hooked)]
+        self.calls = [0] * len(hooked)
+        self.handles = [module.register_forward_hook(self._hook(k)) for k, (_, module) in enumerate(hooked)]
         self.handles.append(model.tok_emb.register_forward_pre_hook(self._new_forward))
         self.reset()
 
