@@ -57,6 +57,7 @@ class TTTSettings:
     ttt_lr: float
     ttt_beta1: float
     ttt_beta2: float
+    ttt_eps: float
     ttt_weight_decay: float
     ttt_steps: int
     ttt_chunk_tokens: int
@@ -107,7 +108,7 @@ def _chunk_losses(model, lora: BatchedLoRA | None, w: ChunkWindows) -> torch.Ten
 
 def _make_optimizer(params, s: TTTSettings) -> torch.optim.Optimizer:
     if s.ttt_optimizer == "adam":  # fused on CUDA: one kernel for every adapter, not several per tensor
-        return torch.optim.AdamW(params, lr=s.ttt_lr, betas=(s.ttt_beta1, s.ttt_beta2),
+        return torch.optim.AdamW(params, lr=s.ttt_lr, betas=(s.ttt_beta1, s.ttt_beta2), eps=s.ttt_eps,
                                  weight_decay=s.ttt_weight_decay, fused=params[0].is_cuda)
     if s.ttt_optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.ttt_lr, weight_decay=s.ttt_weight_decay)

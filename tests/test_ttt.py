@@ -300,3 +300,14 @@ def test_warm_a_carries_a_rows_training_to_its_next_document_until_a_global_phas
     np.testing.assert_allclose(scores[True][[0, 5]], scores[False][[0, 5]], rtol=1e-6)
     assert not np.allclose(scores[True][1:5], scores[False][1:5], rtol=1e-4)
     assert not np.allclose(scores[True][6:], scores[False][6:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("eps, step_fraction", [(1e-10, 0.99), (1e-8, 0.5)])
+def test_adam_eps_sets_how_far_a_tiny_gradient_moves_an_adapter(eps, step_fraction, settings):
+    """AdamW's first step (β1 = 0) is lr · g / (|g| + eps): with gradients of 1e-8, as an adapter's A gets while
+    its B is still near zero, PyTorch's default eps (1e-8) halves the step the record's 1e-10 takes."""
+    weight = torch.nn.Parameter(torch.zeros(4))
+    optimizer = ttt._make_optimizer([weight], settings(ttt_eps=eps, ttt_beta1=0.0, ttt_weight_decay=0.0))
+    weight.grad = torch.full((4,), 1e-8)
+    optimizer.step()
+    assert (-weight.detach() / 0.05).tolist() == pytest.approx([step_fraction] * 4, rel=0.01)
