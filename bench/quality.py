@@ -66,8 +66,11 @@ def main() -> int:
                  max_steps=a.steps, max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, hessian_batches=64,
                  compile_warmup_steps=3,
                  log_every=10)
-    apply_sets(train, a.set)
-    apply_sets(cfg["eval"], a.eval_set)
+    apply_sets(train, a.set, "train")
+    apply_sets(cfg["eval"], a.eval_set, "eval")
+    ev_ttt = eval_section(cfg, "ttt") if a.ttt else None
+    if a.ttt:
+        apply_sets(ev_ttt, a.ttt_set, "eval")  # checked before anything is trained
     run = out / "run"
     if (run / "artifact.json").is_file():
         scores = resumed_scores(out, train)
@@ -98,13 +101,11 @@ def main() -> int:
             (out / "quality.json").write_text(json.dumps(result, indent=2))
     if not a.ttt:
         return 0
-    ev = eval_section(cfg, "ttt")
-    apply_sets(ev, a.ttt_set)
     # The resolved ttt_* keys too: a score made before the config's ttt ablation changed is made again.
     ttt_settings = {"eval_set": a.eval_set, "ttt_set": a.ttt_set,
-                    "ttt": {k: v for k, v in sorted(ev.items()) if k.startswith("ttt_")}}
+                    "ttt": {k: v for k, v in sorted(ev_ttt.items()) if k.startswith("ttt_")}}
     if scores.get("quantized_ttt", {}).get("settings") != ttt_settings:
-        r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev, a.device, run / "eval_quantized_ttt.json")
+        r = evaluate_files("artifact", run / "model.blob", val_dir, tokenizer, ev_ttt, a.device, run / "eval_quantized_ttt.json")
         scores["quantized_ttt"] = {"val_loss": r["val_loss"], "val_bpb": r["val_bpb"], "eval_seconds": r["eval_seconds"],
                                    "settings": ttt_settings}
         print(f"pgolf seed {a.seed} quantized ttt     val_loss {r['val_loss']:.5f} val_bpb {r['val_bpb']:.5f} "

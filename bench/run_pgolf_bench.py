@@ -23,7 +23,7 @@ import yaml
 
 from parse_reference_log import flops_per_token  # bench/ is on sys.path: python puts the script's folder there
 
-from pgolf.config import load_config
+from pgolf.config import load_config, load_schema, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,12 +68,18 @@ def check(train_cfg: dict) -> None:
     print(f"check batched NS vs per-matrix: max abs diff {(batched - single).abs().max().item():.2e}", flush=True)
 
 
-def apply_sets(section: dict, pairs: list[str]) -> None:
-    """`--set key=yaml_value ...` overrides into a config section. YAML 1.1 reads bare on/off/yes/no as
+def apply_sets(section: dict, pairs: list[str], name: str) -> None:
+    """`--set key=yaml_value ...` overrides into config section `name`, then the section checked against
+    the schema (a bad value is named here, not deep in a stage). YAML 1.1 reads bare on/off/yes/no as
     booleans: quote enum strings (`key='"on"'`), as the config files do."""
     for kv in pairs:
         k, _, v = kv.partition("=")
         section[k] = yaml.safe_load(v)
+    if pairs:
+        try:
+            validate_config(section, load_schema()["properties"][name], where=f"{name} overrides {' '.join(pairs)}")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
 
 
 def eval_section(cfg: dict, ablation: str | None = None) -> dict:
@@ -142,7 +148,7 @@ def main() -> int:
     cfg.update(nproc=a.nproc, device="cuda", grad_accum_steps=8 // a.nproc, max_steps=a.steps,
                max_wallclock_seconds=1e9, gptq_reserve_seconds=0.0, log_every=1 if a.steps <= 16 else 4,
                hessian_batches=8, compile_warmup_steps=3)
-    apply_sets(cfg, a.set)
+    apply_sets(cfg, a.set, "train")
     if a.check:
         check(cfg)
     if not list(Path(a.data).glob("fineweb_train_*.bin")):

@@ -76,10 +76,10 @@ def main() -> int:
     out = Path(a.out)
     (out / "val").mkdir(parents=True, exist_ok=True)
     cfg = load_config(a.config)  # the schema's defaults filled in
-    apply_sets(cfg["train"], a.set)
+    apply_sets(cfg["train"], a.set, "train")
     cfg["eval"] = eval_section(cfg, "ttt" if a.ttt else None)
     split_phases = list(cfg["eval"].get("ttt_phase_docs", []))  # the config's, for the modelled split
-    apply_sets(cfg["eval"], a.eval_set)
+    apply_sets(cfg["eval"], a.eval_set, "eval")
     if a.rank_share:
         a.val_tokens = CHALLENGE_VAL_TOKENS // a.rank_share
         cfg["eval"] = share_of_rank(cfg["eval"], split_phases, a.rank_share)

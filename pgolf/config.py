@@ -11,6 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,7 +197,23 @@ def _raise_first_error(errors, where: str) -> None:
     errors = sorted(errors, key=lambda e: list(e.path))
     if errors:
         key = ".".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-        raise ValueError(f"{where}: key {key!r}: {errors[0].message}")
+        raise ValueError(f"{where}: key {key!r}: {errors[0].message}{_yaml_number_hint(errors[0])}")
+
+
+def _yaml_number_hint(error) -> str:
+    """YAML 1.1 (PyYAML, Snakemake) reads a float only with a dot and a signed exponent: 1e-4 is text."""
+    if error.validator != "type" or not isinstance(error.instance, str):
+        return ""
+    try:
+        value = float(error.instance)
+    except ValueError:
+        return ""
+    if not math.isfinite(value):
+        return ""
+    mantissa, _, exponent = repr(value).partition("e")
+    mantissa += "" if "." in mantissa else ".0"
+    written = mantissa + (f"e{'' if exponent[0] in '+-' else '+'}{exponent}" if exponent else "")
+    return f" (YAML reads {error.instance} as text: write {written})"
 
 
 def config_errors(cfg: dict) -> list[str]:

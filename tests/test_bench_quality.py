@@ -70,3 +70,11 @@ def test_a_ttt_score_made_under_another_ttt_ablation_is_made_again(tmp_path, mon
     (out / "quality.json").write_text(json.dumps(result))
     assert run_main(monkeypatch, out, data, "--ttt") == ([], ["eval_quantized_ttt.json"])
     assert run_main(monkeypatch, out, data, "--ttt") == ([], [])
+
+
+def test_a_bad_override_is_named_before_anything_is_trained(tmp_path, monkeypatch):
+    """YAML 1.1 reads 1e-12 as text: the run stops naming the key and how to write it, not inside the optimizer."""
+    data, out = data_dir(tmp_path / "data"), tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"key 'ttt_lr': '1e-12' is not of type 'number' .*write 1\.0e-12"):
+        run_main(monkeypatch, out, data, "--ttt", "--ttt-set", "ttt_lr=1e-12")
+    assert not (out / "run").exists()

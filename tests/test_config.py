@@ -71,6 +71,14 @@ def test_override_value_of_wrong_type_names_the_key(cfg):
         RunTable(cfg, load_schema(SCHEMA_PATH))
 
 
+def test_a_number_yaml_reads_as_text_is_named_with_how_to_write_it(cfg):
+    cfg["ablations"]["bad"] = {"eval.ttt_lr": yaml.safe_load("1e-4")}  # YAML 1.1: no dot, so a string
+    with pytest.raises(ValueError, match=r"key 'eval.ttt_lr': '1e-4' is not of type 'number' \(YAML reads 1e-4 as "
+                                         r"text: write 0\.0001\)"):
+        RunTable(cfg, load_schema(SCHEMA_PATH))
+    assert yaml.safe_load("0.0001") == 1e-4
+
+
 def test_inconsistent_values_are_named(cfg):
     cfg["ablations"]["bad"] = {"train.num_kv_heads": 3}
     with pytest.raises(ValueError, match=r"train.num_heads must be divisible by train.num_kv_heads"):
