@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from pgolf.config import RunTable, load_schema
+from pgolf.config import RunTable, load_schema, validate_config
 from pgolf.preflight import check_local_gpu_runs, check_runs
 
 min_version("9.0")
@@ -20,8 +20,16 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# Fills schema defaults and stops before any job with a message naming the bad key.
-validate(config, "config/schema.yaml")
+# Fills schema defaults and stops before any job with a message naming the bad key; pgolf's own
+# message then adds how to write a number YAML read as text (1e-4: write 0.0001).
+try:
+    validate(config, "config/schema.yaml")
+except WorkflowError:
+    try:
+        validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None
+    raise
 
 # S3 storage: the DAG asks the bucket what exists (a dry run too) and pods have no ~/.aws, so the
 # keys must be in the environment; say so in one message instead of a traceback per file.

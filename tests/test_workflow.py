@@ -152,6 +152,15 @@ def test_malformed_config_stops_before_any_job_naming_the_key(run):
     assert "Job stats" not in proc.stdout
 
 
+def test_a_number_yaml_reads_as_text_stops_the_workflow_saying_how_to_write_it(run):
+    workdir, cfg, _ = run
+    bad = write_config(workdir, merged(cfg, {"eval": {"ttt_lr": "1e-4"}}), "bad_number.yaml")  # as YAML reads 1e-4
+    proc = snakemake(workdir, "-n", "--configfile", bad, check=False)
+    assert proc.returncode != 0
+    assert "key 'eval.ttt_lr': '1e-4' is not of type 'number' (YAML reads 1e-4 as text: write 0.0001)" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout
+
+
 def test_corrupt_shard_fails_the_job_with_the_file_named_and_no_partial_output(run):
     workdir, cfg, configfile = run
     train_dirs = sorted((workdir / "results" / "shards").glob("*/train"))
