@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pgolf.evaluate import evaluate_tokens, window_plan
+from random_models import random_gpt
 
 
 @pytest.mark.parametrize("num_targets,seq_len,stride", [(1000, 128, 64), (1000, 128, 128), (1000, 128, 1),
@@ -95,17 +96,9 @@ def test_compiled_eval_pads_to_one_shape_and_scores_the_same(monkeypatch):
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory, tiny_corpus):
     """A random tiny model saved as the train stage saves model.pt (eval needs no training)."""
-    from pgolf.model import GPT, ModelConfig
-
-    torch.manual_seed(0)
-    config = ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                             rope_base=10000.0, logit_softcap=30.0, seq_len=64), tiny_corpus.vocab_size)
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
+    model = random_gpt(tiny_corpus.vocab_size, 64)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save({"model_config": config.to_dict(), "state_dict": model.state_dict()}, path)
+    torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
     return path
 
 

@@ -1,20 +1,13 @@
+import functools
+
 import pytest
 import torch
 
 from pgolf.lora import TARGETS, BatchedLoRA
-from pgolf.model import GPT, ModelConfig
+from random_models import random_gpt
 
 
-def tiny_model(**arch) -> GPT:
-    """Random weights everywhere: the model's own init zeroes the output projections, which would hide
-    every adapter before them. arch: ModelConfig overrides."""
-    torch.manual_seed(0)
-    model = GPT(ModelConfig.from_train_cfg({**dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                                   rope_base=1e4, logit_softcap=30.0, seq_len=16), **arch}, 64))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model
+tiny_model = functools.partial(random_gpt, 64, 16)  # arch: ModelConfig overrides
 
 
 @pytest.mark.parametrize("target", sorted(t for t in TARGETS if t != "head"))

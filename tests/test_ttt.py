@@ -10,6 +10,7 @@ from pgolf.bpb import byte_luts, count_doc_bytes
 from pgolf.model import GPT, ModelConfig
 from pgolf.ttt import TTTSettings, evaluate_documents
 from pgolf.ttt_plan import chunk_passes, split_documents
+from random_models import random_gpt
 
 VOCAB, BOS = 64, 1
 CPU = torch.device("cpu")
@@ -26,15 +27,7 @@ def settings(eval_defaults):
     return make
 
 
-def tiny_model(seed: int = 0, **arch) -> GPT:
-    """arch: ModelConfig overrides, e.g. LOOPED."""
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig.from_train_cfg(dict(num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2,
-                                                rope_base=1e4, logit_softcap=30.0, seq_len=32, **arch), VOCAB))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model
+tiny_model = functools.partial(random_gpt, VOCAB, 32)  # seed, arch: ModelConfig overrides, e.g. LOOPED
 
 
 def doc_stream(seed: int = 0, num_docs: int = 11) -> np.ndarray:
