@@ -68,9 +68,10 @@ def main() -> int:
                  log_every=10)
     apply_sets(train, a.set, "train")
     apply_sets(cfg["eval"], a.eval_set, "eval")
-    ev_ttt = eval_section(cfg, "ttt") if a.ttt else None
-    if a.ttt:
-        apply_sets(ev_ttt, a.ttt_set, "eval")  # checked before anything is trained
+    ev_ttt = None
+    if a.ttt:  # the TTT score's eval section, checked before anything is trained
+        ev_ttt = eval_section(cfg, "ttt")
+        apply_sets(ev_ttt, a.ttt_set, "eval")
     run = out / "run"
     if (run / "artifact.json").is_file():
         scores = resumed_scores(out, train)

@@ -210,9 +210,8 @@ def _yaml_number_hint(error) -> str:
         return ""
     if not math.isfinite(value):
         return ""
-    mantissa, _, exponent = repr(value).partition("e")
-    mantissa += "" if "." in mantissa else ".0"
-    written = mantissa + (f"e{'' if exponent[0] in '+-' else '+'}{exponent}" if exponent else "")
+    mantissa, _, exponent = repr(value).partition("e")  # repr signs its exponent: 1e-05, 1e+16
+    written = mantissa + ("" if "." in mantissa else ".0") + (f"e{exponent}" if exponent else "")
     return f" (YAML reads {error.instance} as text: write {written})"
 
 
