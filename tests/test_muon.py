@@ -119,9 +119,10 @@ def _muon_params(seed=0):
     return params
 
 
-def _two_rank_step(rank, world_size, port, out_dir):
+def _two_rank_step(rank, world_size, out_dir):
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    # A file rendezvous: a TCP port picked in advance can be taken by another process before the ranks bind it.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
         params = _muon_params()
@@ -134,13 +135,8 @@ def _two_rank_step(rank, world_size, port, out_dir):
 def test_two_ranks_share_the_work_and_get_every_update(tmp_path):
     """Each rank orthogonalizes its share of every shape and the all_gather hands every rank all updates:
     both ranks end with the one-rank result, uneven shares included."""
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_two_rank_step, args=(2, port, str(tmp_path)), nprocs=2)
+    mp.spawn(_two_rank_step, args=(2, str(tmp_path)), nprocs=2)
     params = _muon_params()
     Muon(params, lr=0.1, momentum=0.9, row_norm=True).step()
     for rank in range(2):
