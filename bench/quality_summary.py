@@ -16,7 +16,9 @@ post-TTT minus post-quantization val_bpb on non-overlapping 2048-token windows, 
 quantized_full: the same windows, so the context TTT's chunked scoring adds counts in both gains).
 Tests on the gains: the practised rule's one-sided Welch (p < 0.25: pgolf's TTT gains more) and the
 p that pgolf's gains less (below 0.05: WORSE). The strict rule is on val_loss in nats per token, and
-the two sides' tokens differ (CaseOps vs sp8192), so it is not applied. Writes OUTDIR/quality_summary.json.
+the two sides' tokens differ (CaseOps vs sp8192), so it is not applied between them. pgolf's scores with
+TTT against its scores of the same artifacts without it take both rules (same tokens). Writes
+OUTDIR/quality_summary.json.
 """
 import json
 import re
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from ref0611_scores import parse as parse_0611  # bench/ is on sys.path: python puts the script's folder there
 
-from pgolf.stats import PRACTISED_ALPHA, Sample, p_less
+from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, p_less
 
 PAIRS = {"pre-quantization post-ema": "prequant_full", "quantized": "quantized_full",
          "quantized_sliding_window": "quantized_sliding"}
@@ -37,16 +39,38 @@ def reference_scores(log: Path) -> dict:
     return {PAIRS[name]: float(bpb) for name, _, bpb in LINE.findall(log.read_text(errors="replace"))}
 
 
-def ttt_gains(out: Path) -> dict:
+def pgolf_scores(out: Path) -> dict:
+    """{seed: {score name: {"val_loss": nats per token, "val_bpb": ...}}} of pgolf's runs (quality.json)."""
+    return {q["seed"]: q["scores"] for q in (json.loads(p.read_text()) for p in sorted(out.glob("pgolf_s*/quality.json")))}
+
+
+def with_ttt(pgolf: dict) -> dict:
+    """The seeds of pgolf_scores that reached both the quantized score and the one with TTT."""
+    return {seed: s for seed, s in pgolf.items() if {"quantized_ttt", "quantized_full"} <= s.keys()}
+
+
+def ttt_gains(out: Path, pgolf: dict) -> dict:
     """{side: {seed: post-TTT − post-quantization val_bpb}} of the runs that reached both scores."""
     record = {int(p.stem.split("_s")[1]): parse_0611(p.read_text(errors="replace")).get("ttt_gain_bpb")
               for p in sorted(out.glob("ref0611_s*.log"))}
-    pgolf = {}
-    for p in sorted(out.glob("pgolf_s*/quality.json")):
-        q = json.loads(p.read_text())
-        if {"quantized_ttt", "quantized_full"} <= q["scores"].keys():
-            pgolf[q["seed"]] = q["scores"]["quantized_ttt"]["val_bpb"] - q["scores"]["quantized_full"]["val_bpb"]
-    return {"record_1.0611": {k: v for k, v in record.items() if v is not None}, "pgolf": pgolf}
+    ours = {seed: s["quantized_ttt"]["val_bpb"] - s["quantized_full"]["val_bpb"] for seed, s in with_ttt(pgolf).items()}
+    return {"record_1.0611": {k: v for k, v in record.items() if v is not None}, "pgolf": ours}
+
+
+def ttt_against_quantized(pgolf: dict) -> dict:
+    """pgolf with TTT against the same artifacts without it, by both rules (pgolf.stats): the practised one-sided
+    Welch on val_bpb and the strict one on val_loss 0.005 nats below (NaN under two seeds)."""
+    runs = list(with_ttt(pgolf).values())
+    if not runs:
+        return {"n": 0, "delta_bpb": float("nan"), "delta_nats": float("nan"), "p_practised": float("nan"),
+                "p_strict": float("nan")}
+
+    def sample(score: str, unit: str) -> Sample:
+        return Sample.of([r[score][unit] for r in runs])
+
+    bpb, nats = [(sample("quantized_ttt", u), sample("quantized_full", u)) for u in ("val_bpb", "val_loss")]
+    return {"n": len(runs), "delta_bpb": bpb[0].mean - bpb[1].mean, "delta_nats": nats[0].mean - nats[1].mean,
+            "p_practised": p_less(*bpb), "p_strict": p_less(*nats, STRICT_MARGIN_NATS)}
 
 
 def compare_gains(gains: dict) -> dict:
@@ -71,14 +95,19 @@ def print_gains(gains: dict, test: dict) -> None:
     verdict = "WORSE" if less < 0.05 else "beats (practised)" if more < PRACTISED_ALPHA else "ok" if less == less else "n/a"
     print(f"  pgolf − record {test['pgolf_minus_record']:+.4f}; p(pgolf gains more) {more:.3f}, "
           f"p(pgolf gains less) {less:.3f}: {verdict}; strict rule: n/a (nats per token of different tokenizers)")
+    own = test["pgolf_ttt_vs_quantized"]
+    if not own["n"]:
+        return
+    passes = lambda p, alpha: "passes" if p < alpha else "fails" if p == p else "n/a"  # noqa: E731
+    print(f"  pgolf with TTT against the same artifacts without it (n={own['n']}): {own['delta_bpb']:+.4f} bpb, "
+          f"{own['delta_nats']:+.4f} nats; practised p {own['p_practised']:.2g} ({passes(own['p_practised'], PRACTISED_ALPHA)}), "
+          f"strict p {own['p_strict']:.2g} ({passes(own['p_strict'], STRICT_ALPHA)})")
 
 
 def main(out: Path) -> int:
     ref = {int(p.stem.split("_s")[1]): reference_scores(p) for p in sorted(out.glob("ref_s*.log"))}
-    ours = {}
-    for p in sorted(out.glob("pgolf_s*/quality.json")):
-        q = json.loads(p.read_text())
-        ours[q["seed"]] = {k: v["val_bpb"] for k, v in q["scores"].items()}
+    pgolf = pgolf_scores(out)
+    ours = {seed: {k: v["val_bpb"] for k, v in scores.items()} for seed, scores in pgolf.items()}
     rows = {}
     for key in PAIRS.values():
         r = [s[key] for s in ref.values() if key in s]
@@ -96,9 +125,10 @@ def main(out: Path) -> int:
               f"p(pgolf worse) {p_worse:.3f} {verdict}")
     print("per seed:", json.dumps({"reference": ref, "pgolf": ours}))
     summary = {"per_seed": {"reference": ref, "pgolf": ours}, "comparison": rows}
-    gains = ttt_gains(out)
+    gains = ttt_gains(out, pgolf)
     if gains["record_1.0611"] or gains["pgolf"]:
-        summary["ttt_gain"] = {"per_seed": gains, "comparison": compare_gains(gains)}
+        comparison = {**compare_gains(gains), "pgolf_ttt_vs_quantized": ttt_against_quantized(pgolf)}
+        summary["ttt_gain"] = {"per_seed": gains, "comparison": comparison}
         print_gains(gains, summary["ttt_gain"]["comparison"])
     (out / "quality_summary.json").write_text(json.dumps(summary, indent=2))
     return 0

@@ -13,6 +13,7 @@ from test_bench_ref0611 import record_log  # noqa: E402
 
 RECORD = {1: (2.010, 1.995), 2: (2.004, 1.992), 3: (2.013, 1.996)}       # seed: (quantized, post-TTT) val_bpb
 PGOLF = {1: (2.009, 1.990), 2: (2.015, 1.993), 3: (2.006, 1.989)}
+PGOLF_NATS = {1: (4.010, 3.990), 2: (4.020, 3.999), 3: (4.004, 3.985)}    # seed: (quantized, post-TTT) val_loss
 
 
 def write_outdir(out: Path, pgolf=PGOLF) -> None:
@@ -20,7 +21,8 @@ def write_outdir(out: Path, pgolf=PGOLF) -> None:
         (out / f"ref0611_s{seed}.log").write_text(record_log(q, t))
     for seed, (q, t) in pgolf.items():
         (out / f"pgolf_s{seed}").mkdir()
-        scores = {"quantized_full": {"val_loss": 4.0, "val_bpb": q}, "quantized_ttt": {"val_loss": 3.9, "val_bpb": t}}
+        q_nats, t_nats = PGOLF_NATS[seed]
+        scores = {"quantized_full": {"val_loss": q_nats, "val_bpb": q}, "quantized_ttt": {"val_loss": t_nats, "val_bpb": t}}
         (out / f"pgolf_s{seed}" / "quality.json").write_text(json.dumps({"seed": seed, "scores": scores}))
 
 
@@ -46,3 +48,18 @@ def test_a_pgolf_run_without_ttt_score_counts_no_gain(tmp_path):
     quality_summary.main(tmp_path)
     got = json.loads((tmp_path / "quality_summary.json").read_text())["ttt_gain"]
     assert sorted(got["per_seed"]["pgolf"]) == ["1", "2"] and got["comparison"]["pgolf"]["n"] == 2
+
+
+def test_pgolf_with_ttt_against_without_takes_both_rules(tmp_path, capsys):
+    """Same tokens on both sides, so the strict rule applies: val_loss 0.005 nats below, Welch p < 0.01."""
+    write_outdir(tmp_path)
+    quality_summary.main(tmp_path)
+    got = json.loads((tmp_path / "quality_summary.json").read_text())["ttt_gain"]["comparison"]["pgolf_ttt_vs_quantized"]
+    q_bpb, t_bpb = zip(*PGOLF.values())
+    q_nats, t_nats = zip(*PGOLF_NATS.values())
+    welch = lambda a, b: stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue  # noqa: E731
+    assert got["n"] == 3
+    assert got["delta_nats"] == pytest.approx(sum(t_nats) / 3 - sum(q_nats) / 3)
+    assert got["p_practised"] == pytest.approx(welch(t_bpb, q_bpb))
+    assert got["p_strict"] == pytest.approx(welch([t + 0.005 for t in t_nats], q_nats))
+    assert "strict p" in capsys.readouterr().out
