@@ -28,7 +28,8 @@ from pathlib import Path
 
 from ref0611_scores import parse as parse_0611  # bench/ is on sys.path: python puts the script's folder there
 
-from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, STRICT_MARGIN_NATS, Sample, p_less
+from pgolf.aggregate import versus
+from pgolf.stats import PRACTISED_ALPHA, STRICT_ALPHA, Sample, p_less
 
 PAIRS = {"pre-quantization post-ema": "prequant_full", "quantized": "quantized_full",
          "quantized_sliding_window": "quantized_sliding"}
@@ -58,19 +59,17 @@ def ttt_gains(out: Path, pgolf: dict) -> dict:
 
 
 def ttt_against_quantized(pgolf: dict) -> dict:
-    """pgolf with TTT against the same artifacts without it, by both rules (pgolf.stats): the practised one-sided
-    Welch on val_bpb and the strict one on val_loss 0.005 nats below (NaN under two seeds)."""
+    """pgolf with TTT against the same artifacts without it, by both rules (pgolf.aggregate.versus: the practised
+    one-sided Welch on val_bpb, the strict one on val_loss 0.005 nats below; NaN under two seeds)."""
     runs = list(with_ttt(pgolf).values())
     if not runs:
-        return {"n": 0, "delta_bpb": float("nan"), "delta_nats": float("nan"), "p_practised": float("nan"),
-                "p_strict": float("nan")}
+        return {"n": 0}
 
     def sample(score: str, unit: str) -> Sample:
         return Sample.of([r[score][unit] for r in runs])
 
-    bpb, nats = [(sample("quantized_ttt", u), sample("quantized_full", u)) for u in ("val_bpb", "val_loss")]
-    return {"n": len(runs), "delta_bpb": bpb[0].mean - bpb[1].mean, "delta_nats": nats[0].mean - nats[1].mean,
-            "p_practised": p_less(*bpb), "p_strict": p_less(*nats, STRICT_MARGIN_NATS)}
+    return {"n": len(runs), **versus("quantized", sample("quantized_ttt", "val_bpb"), sample("quantized_ttt", "val_loss"),
+                                     sample("quantized_full", "val_bpb"), sample("quantized_full", "val_loss"))}
 
 
 def compare_gains(gains: dict) -> dict:
@@ -99,9 +98,10 @@ def print_gains(gains: dict, test: dict) -> None:
     if not own["n"]:
         return
     passes = lambda p, alpha: "passes" if p < alpha else "fails" if p == p else "n/a"  # noqa: E731
-    print(f"  pgolf with TTT against the same artifacts without it (n={own['n']}): {own['delta_bpb']:+.4f} bpb, "
-          f"{own['delta_nats']:+.4f} nats; practised p {own['p_practised']:.2g} ({passes(own['p_practised'], PRACTISED_ALPHA)}), "
-          f"strict p {own['p_strict']:.2g} ({passes(own['p_strict'], STRICT_ALPHA)})")
+    practised, strict = own["p_welch_vs_quantized"], own["p_strict_vs_quantized"]
+    print(f"  pgolf with TTT against the same artifacts without it (n={own['n']}): {own['delta_bpb_vs_quantized']:+.4f} "
+          f"bpb, {own['delta_nats_vs_quantized']:+.4f} nats; practised p {practised:.2g} "
+          f"({passes(practised, PRACTISED_ALPHA)}), strict p {strict:.2g} ({passes(strict, STRICT_ALPHA)})")
 
 
 def main(out: Path) -> int:

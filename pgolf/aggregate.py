@@ -103,7 +103,9 @@ def _external_record(row: dict, expect: dict | None) -> dict:
     }
 
 
-def _versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
+def versus(prefix: str, mine_bpb: Sample, mine_loss: Sample, ref_bpb: Sample, ref_loss: Sample | None) -> dict:
+    """Deltas and both rules' one-sided Welch p-values of mine against a reference: practised on val_bpb,
+    strict on val_loss 0.005 nats below (NaN without the reference's val_loss). Keys end in `_vs_{prefix}`."""
     out = {
         f"delta_bpb_vs_{prefix}": mine_bpb.mean - ref_bpb.mean,
         f"p_welch_vs_{prefix}": p_less(mine_bpb, ref_bpb),
@@ -222,13 +224,13 @@ def summarize(seeds: pd.DataFrame, baseline: str, reference: dict | None, usd_pe
             "cost_usd": cost_usd,
             "cost_source": cost_source,
         }
-        row.update(_versus("baseline", bpb, loss, base_bpb, base_loss))
+        row.update(versus("baseline", bpb, loss, base_bpb, base_loss))
         if name == baseline:  # a group tested against itself says nothing
             row.update({k: math.nan for k in ("p_welch_vs_baseline", "p_strict_vs_baseline", "seeds_needed_strict")})
         row["significant_strict_vs_baseline"] = bool(row["p_strict_vs_baseline"] < STRICT_ALPHA)
         row["significant_practised_vs_baseline"] = bool(row["p_welch_vs_baseline"] < PRACTISED_ALPHA)
         if ref_bpb is not None:
-            row.update(_versus("reference", bpb, loss, ref_bpb, ref_loss))
+            row.update(versus("reference", bpb, loss, ref_bpb, ref_loss))
         row.update(noise)
         row.update(provenance_columns([record for records in g["provenance"] for record in records]))
         dropped = aborted.pop(name, g.iloc[:0])
