@@ -59,13 +59,27 @@ INTERPRETED_CHECK = """
 import torch
 from pgolf import softcap_ce
 g = torch.Generator().manual_seed(0)
-logits, targets = torch.randn(5, 37, generator=g) * 40.0, torch.randint(0, 37, (5,), generator=g)
+# Rows of large logits (the softcap saturates) and of small ones (where a padding lane counted in the
+# row's sum would show).
+logits, targets = torch.randn(6, 37, generator=g) * 40.0, torch.randint(0, 37, (6,), generator=g)
+logits[3:] /= 40.0
 for dtype, tol, programs in ((torch.float32, 1e-6, None), (torch.bfloat16, 8e-3, None), (torch.float32, 1e-6, 2)):
     x = logits.to(dtype)
     loss, grad = softcap_ce._rows_triton(x, targets, 30.0, programs=programs)
     ref_loss, ref_grad = softcap_ce._rows_torch(x, targets, 30.0)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=tol, atol=tol)
+# Rows whose every logit saturates the softcap at the largest cap the kernel takes, at its largest
+# vocabulary: the unshifted sum of exp must stay finite and nonzero.
+vocab, cap = softcap_ce.MAX_TRITON_VOCAB, softcap_ce.MAX_TRITON_CAP
+for fill in (-1e4, 1e4):
+    x = torch.full((2, vocab), fill)
+    x[1, :vocab // 2] = -fill
+    t = torch.tensor([3, vocab - 1])
+    loss, grad = softcap_ce._rows_triton(x, t, cap, programs=1)
+    ref_loss, ref_grad = softcap_ce._rows_torch(x, t, cap)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-8)
 print("kernel ok")
 """
 
@@ -73,7 +87,8 @@ print("kernel ok")
 def test_triton_kernel_in_the_interpreter():
     """The CUDA kernel itself, run by Triton's CPU interpreter (which must be on before Triton is imported,
     hence the subprocess): same rows and gradient as the torch path, with a vocabulary that is not a power
-    of two (masked lanes), bf16 logits as in training, and a persistent grid of fewer programs than rows."""
+    of two (masked lanes), bf16 logits as in training, a persistent grid of fewer programs than rows, and
+    rows saturated at the largest cap and vocabulary the kernel takes."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
