@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """GPU check and timing of train.fused_ce (pgolf.softcap_ce) at the training shape. GPU only.
 
-  python3 bench/softcap_ce_check.py [--rows 98304] [--json OUT]
+  python3 bench/softcap_ce_check.py [--rows 98304] [--json OUT] [--no-sweep]
 
-0. The kernel's launch settings swept on [rows, 8192] bf16 logits; the fastest is used below.
+0. The kernel's launch settings swept on [rows, 8192] bf16 logits; the fastest is used below
+   (--no-sweep: softcap_ce.KERNEL's as they are).
 1. The Triton kernel against a float64 reference (4,096 rows of bf16 logits, vocab 8,192, some saturating
    the softcap): relative error of the per-row losses and of d loss / d logits, beside the error of the
    bf16-rounded reference itself.
@@ -109,9 +110,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=48 * 2048)
     ap.add_argument("--json")
+    ap.add_argument("--no-sweep", action="store_true", help="keep softcap_ce.KERNEL's launch settings")
     a = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    result["sweep"] = sweep_kernel(a.rows)
+    result["sweep"] = [] if a.no_sweep else sweep_kernel(a.rows)
     result["kernel"] = check_kernel()
     result["head"] = time_head(a.rows)
     if a.json:
