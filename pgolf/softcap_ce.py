@@ -17,11 +17,10 @@ MAX_TRITON_VOCAB = 32768  # one row must fit one program's registers; larger voc
 # The kernel sums exp(softcapped logit) unshifted: vocab · e^cap and e^-cap stay in float32's normal range
 # up to a cap of about 78 at MAX_TRITON_VOCAB; larger caps use the torch path.
 MAX_TRITON_CAP = 64.0
-# Launch settings of the CUDA kernel, swept by bench/softcap_ce_check.py
-# (docs/records/2026-11-23_fused_softcap_ce): warps per program, programs per SM of a persistent grid
-# (0: one program per row), pipelining stages of its row loop.
-# On the H100 these take 98,304 rows of 8,192 in 1.84 ms; one program per row took 2.78 ms.
-KERNEL = dict(num_warps=16, programs_per_sm=4, stages=3)
+# Launch settings of the CUDA kernel, swept by bench/softcap_ce_check.py: warps per program, programs per
+# SM of a persistent grid (0: one program per row), pipelining stages of its row loop. On an H200 these take
+# 98,304 rows of 8,192 in 1.26 ms (docs/records/2026-12-02_softcap_one_reduction_h200); 16 warps took 1.54.
+KERNEL = dict(num_warps=8, programs_per_sm=4, stages=3)
 
 
 def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, cap: float):
